@@ -1,0 +1,8 @@
+"""chatplane: a self-hosted AI chat platform."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("chatplane")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
+    __version__ = "0.0.0"

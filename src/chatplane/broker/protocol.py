@@ -1,0 +1,86 @@
+"""The broker: a job queue for the workers and one event stream per turn.
+
+Two implementations share this protocol and one test suite: `memory` (in-process, the
+embedded shape) and `redis` (the scaled shape). Event ids are opaque strings that only
+ever increase within one stream; `read(after=id)` returns exactly the events after it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    id: str
+    type: str
+    data: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    id: str
+    kind: str
+    payload: Mapping[str, Any]
+    attempt: int = 1
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    job: Job
+    reason: str
+
+
+class Broker(Protocol):
+    async def start(self) -> None:
+        """Open connections; idempotent."""
+
+    async def close(self) -> None:
+        """Release connections and wake every waiter."""
+
+    async def ping(self) -> None:
+        """Raise `ServiceUnavailable` when the broker cannot be reached."""
+
+    # Jobs: at-least-once delivery with a visibility timeout.
+    async def enqueue(self, kind: str, payload: Mapping[str, Any]) -> str:
+        """Queue a job and return its id."""
+
+    async def claim(self, consumer: str, *, timeout_s: float) -> Job | None:
+        """Wait up to `timeout_s` for a job. Jobs whose owner stopped heartbeating for the
+        visibility timeout are handed out again with `attempt` increased; jobs past the
+        attempt limit go to the dead-letter list instead."""
+
+    async def heartbeat(self, job: Job) -> None:
+        """Keep a claimed job from being reclaimed."""
+
+    async def ack(self, job: Job) -> None:
+        """The job is done (successfully or not); never deliver it again."""
+
+    async def release(self, job: Job) -> None:
+        """Hand a claimed job back at once (graceful shutdown)."""
+
+    async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """Jobs that exceeded the attempt limit, newest first."""
+
+    async def queue_depth(self) -> int:
+        """Jobs waiting plus jobs claimed but not acknowledged."""
+
+    # Per-turn event streams.
+    async def publish(self, stream: str, type: str, data: Mapping[str, Any]) -> Event:
+        """Append an event and wake readers."""
+
+    async def read(self, stream: str, after: str | None, *, timeout_s: float) -> list[Event]:
+        """Events after `after` (all when None). When there are none yet, wait up to
+        `timeout_s` for some; an empty list means the wait timed out. Raises `BadRequest`
+        for an id this broker could never have issued."""
+
+    async def expire(self, stream: str, ttl_s: float) -> None:
+        """Delete the stream `ttl_s` seconds from now (after the turn ended)."""
+
+    # Cancellation, seen by whichever process runs the turn.
+    async def request_cancel(self, turn_id: str) -> None: ...
+
+    async def cancel_requested(self, turn_id: str) -> bool: ...

@@ -1,0 +1,116 @@
+"""One Settings object, built once in the composition root and passed down."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SECRET_KEY_FILE = "secret_key"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="CHATPLANE_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+    )
+
+    data_dir: Path = Path(".chatplane")
+    database_url: str | None = None
+    redis_url: str | None = None
+    secret_key: SecretStr | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    log_json: bool = False
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_content: bool = False
+    sentry_dsn: str | None = None
+
+    # Models and upstreams.
+    config: Path | None = None
+    default_model: str = "mock-echo"
+    openai_base_url: str | None = None
+    openai_api_key: SecretStr | None = None
+    model_prices: dict[str, tuple[float, float]] = Field(default_factory=dict)
+    upstream_connect_timeout_s: float = Field(default=10.0, gt=0)
+    upstream_read_timeout_s: float = Field(default=120.0, gt=0)
+
+    # The built-in mock model.
+    mock_ttft_ms: float = Field(default=0.0, ge=0)
+    mock_chunk_delay_ms: float = Field(default=0.0, ge=0)
+    mock_chunks: int = Field(default=20, ge=1, le=100_000)
+    mock_failure_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+
+    # Requests and turns.
+    max_request_kb: int = Field(default=1024, ge=1)
+    context_max_tokens: int = Field(default=16_000, ge=256)
+    max_output_tokens: int = Field(default=1024, ge=1)
+    turn_events_ttl_s: int = Field(default=3600, ge=1)
+    turn_max_attempts: int = Field(default=3, ge=1)
+    job_visibility_timeout_s: float = Field(default=30.0, gt=0)
+    sse_keepalive_s: float = Field(default=15.0, gt=0)
+
+    # Sessions for the web app.
+    access_token_ttl_s: int = Field(default=3600, ge=60)
+    session_ttl_s: int = Field(default=14 * 24 * 3600, ge=60)
+
+    # Database pool (scaled shape).
+    db_pool_size: int = Field(default=10, ge=1)
+    db_max_overflow: int = Field(default=10, ge=0)
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_driver(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if value.startswith(("postgresql://", "postgres://")):
+            return "postgresql+asyncpg://" + value.split("://", 1)[1]
+        if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError("use sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER@HOST/DB")
+        return value
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'chatplane.db').resolve()}"
+
+    @property
+    def is_embedded_db(self) -> bool:
+        return self.resolved_database_url.startswith("sqlite")
+
+    @property
+    def max_request_bytes(self) -> int:
+        return self.max_request_kb * 1024
+
+    @cached_property
+    def signing_key(self) -> str:
+        """The secret key, generated and kept in the data dir (mode 0600) when not set."""
+        if self.secret_key is not None:
+            return self.secret_key.get_secret_value()
+        return load_or_create_secret(self.data_dir)
+
+
+def load_or_create_secret(data_dir: Path) -> str:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / SECRET_KEY_FILE
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    key = secrets.token_urlsafe(48)
+    # O_EXCL: two processes starting together agree on one key.
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key + "\n")
+    return key
