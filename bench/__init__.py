@@ -1,0 +1,1 @@
+"""Load generator and benchmark scenarios for chatplane."""
