@@ -2,20 +2,80 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from chatplane import __version__
+from chatplane.auth.router import router as auth_router
+from chatplane.chat.router import router as chat_router
+from chatplane.container import Services, build_services
+from chatplane.errors import ChatplaneError
+from chatplane.gateway.router import install_gateway
+from chatplane.http.middleware import HttpMiddleware
+from chatplane.http.problems import install_error_handlers
 from chatplane.settings import Settings
+from chatplane.web.router import router as web_router
+from chatplane.web.router import static_files
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, services: Services | None = None) -> FastAPI:
     settings = settings or Settings()
-    app = FastAPI(title="chatplane", version=__version__)
-    app.state.settings = settings
 
-    @app.get("/healthz", include_in_schema=False)
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned = services is None
+        if owned:
+            app.state.services = await build_services(settings)
+        try:
+            yield
+        finally:
+            if owned:
+                await app.state.services.close()
+
+    app = FastAPI(
+        title="chatplane",
+        version=__version__,
+        lifespan=lifespan,
+        description="Self-hosted AI chat platform: native chat API and OpenAI-compatible gateway.",
+    )
+    app.state.settings = settings
+    app.state.draining = False
+    if services is not None:
+        app.state.services = services
+    install_error_handlers(app)
+
+    @app.get("/healthz", tags=["ops"])
     async def healthz() -> JSONResponse:
+        """The process is alive."""
         return JSONResponse({"status": "ok"})
 
+    @app.get("/readyz", tags=["ops"])
+    async def readyz() -> JSONResponse:
+        """The database and the broker answer, and the process is not draining."""
+        current: Services = app.state.services
+        checks: dict[str, str] = {}
+        for name, ping in (("database", current.db.ping), ("broker", current.broker.ping)):
+            try:
+                await ping()
+                checks[name] = "ok"
+            except ChatplaneError as exc:
+                checks[name] = exc.detail
+        if app.state.draining:
+            checks["draining"] = "yes"
+        ready = all(value == "ok" for key, value in checks.items() if key != "draining")
+        ready = ready and not app.state.draining
+        return JSONResponse(
+            {"status": "ready" if ready else "unavailable", "checks": checks},
+            status_code=200 if ready else 503,
+        )
+
+    app.include_router(auth_router)
+    app.include_router(chat_router)
+    install_gateway(app)
+    app.include_router(web_router)
+    app.mount("/static", static_files(), name="static")
+    app.add_middleware(HttpMiddleware, max_body_bytes=settings.max_request_bytes)
     return app

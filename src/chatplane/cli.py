@@ -1,36 +1,183 @@
-"""The `chatplane` command line."""
+"""The `chatplane` command line (`python -m chatplane` is the same)."""
 
 from __future__ import annotations
 
-import typer
+import asyncio
+import sys
+from collections.abc import AsyncIterator, Coroutine
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, TypeVar
 
+import typer
+from pydantic import ValidationError
+
+from chatplane import __version__
+from chatplane.errors import ChatplaneError
 from chatplane.settings import Settings
 
-cli = typer.Typer(no_args_is_help=True, add_completion=False, help="chatplane: self-hosted AI chat")
+if TYPE_CHECKING:
+    from chatplane.auth.service import AuthService
+
+T = TypeVar("T")
+
+cli = typer.Typer(
+    no_args_is_help=True, add_completion=False, help="chatplane: a self-hosted AI chat platform."
+)
+db_cli = typer.Typer(no_args_is_help=True, help="Database schema.")
+users_cli = typer.Typer(no_args_is_help=True, help="Users.")
+keys_cli = typer.Typer(no_args_is_help=True, help="API keys.")
+cli.add_typer(db_cli, name="db")
+cli.add_typer(users_cli, name="users")
+cli.add_typer(keys_cli, name="keys")
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code)
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"CHATPLANE_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            for e in exc.errors()
+        )
+        raise fail(f"invalid configuration: {problems}", 2) from exc
+
+
+def run(coroutine: Coroutine[Any, Any, T]) -> T:
+    try:
+        return asyncio.run(coroutine)
+    except ChatplaneError as exc:
+        raise fail(exc.detail) from exc
+
+
+@asynccontextmanager
+async def _auth(settings: Settings) -> AsyncIterator[AuthService]:
+    from chatplane.auth.secrets import Passwords
+    from chatplane.auth.service import AuthService
+    from chatplane.db import migrate
+    from chatplane.db.engine import Database, create_engine
+
+    if settings.is_embedded_db:
+        await migrate.upgrade(settings.resolved_database_url)
+    db = Database(create_engine(settings))
+    try:
+        yield AuthService(db, settings, Passwords(settings))
+    finally:
+        await db.close()
 
 
 @cli.command()
 def serve(
-    host: str | None = typer.Option(None, help="Bind address (CHATPLANE_HOST)"),
-    port: int | None = typer.Option(None, help="Port (CHATPLANE_PORT)"),
+    host: str | None = typer.Option(None, help="Bind address [CHATPLANE_HOST]"),
+    port: int | None = typer.Option(None, help="Port [CHATPLANE_PORT]"),
 ) -> None:
-    """Run the platform."""
+    """Run the platform: web app, chat API and the /v1 gateway."""
     import uvicorn
 
     from chatplane.app import create_app
+    from chatplane.observability.logging import configure_logging
 
-    settings = Settings()
+    settings = load_settings()
+    configure_logging(settings)
     bind_host = host or settings.host
     bind_port = port if port is not None else settings.port
-    typer.echo(f"chatplane listening on http://{bind_host}:{bind_port}")
-    uvicorn.run(create_app(settings), host=bind_host, port=bind_port, log_level="warning")
+    has_users = run(_has_users(settings))
+    typer.echo(f"chatplane {__version__} on http://{bind_host}:{bind_port}")
+    typer.echo(f"data: {settings.data_dir.resolve()}  database: {_safe_url(settings)}")
+    if not has_users:
+        typer.echo("No users yet. Create the first admin with:")
+        typer.echo("  chatplane users create you@example.com --admin")
+    uvicorn.run(
+        create_app(settings),
+        host=bind_host,
+        port=bind_port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_config=None,
+        timeout_graceful_shutdown=10,
+    )
+
+
+async def _has_users(settings: Settings) -> bool:
+    async with _auth(settings) as auth:
+        from chatplane.auth.repository import AuthRepository
+
+        async with auth.db.session() as session:
+            return bool(await AuthRepository(session).count_users())
+
+
+def _safe_url(settings: Settings) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(settings.resolved_database_url).render_as_string(hide_password=True)
+
+
+@db_cli.command("upgrade")
+def db_upgrade(revision: str = typer.Argument("head")) -> None:
+    """Apply the schema migrations (run once per deploy in the scaled shape)."""
+    from chatplane.db import migrate
+
+    settings = load_settings()
+
+    async def upgrade() -> str | None:
+        await migrate.upgrade(settings.resolved_database_url, revision)
+        return await migrate.current_revision(settings.resolved_database_url)
+
+    current = run(upgrade())
+    typer.echo(f"database at revision {current}")
+
+
+@users_cli.command("create")
+def users_create(
+    email: str,
+    admin: bool = typer.Option(False, "--admin", help="Make the user an admin of the tenant"),
+    tenant: str = typer.Option("default", help="Tenant slug (created when new)"),
+    password_stdin: bool = typer.Option(False, "--password-stdin", help="Read the password"),
+) -> None:
+    """Create a user with a password."""
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    settings = load_settings()
+
+    async def create() -> tuple[str, str]:
+        async with _auth(settings) as auth:
+            user = await auth.create_user(
+                email, password, tenant_slug=tenant, role="admin" if admin else "member"
+            )
+            return user.email, user.role
+
+    created_email, role = run(create())
+    typer.echo(f"created {created_email} ({role}, tenant {tenant})")
+
+
+@keys_cli.command("create")
+def keys_create(
+    email: str,
+    name: str = typer.Option(..., "--name", help="A name to recognise the key by"),
+    rpm: int | None = typer.Option(None, "--rpm", min=1, help="Requests per minute"),
+    budget_usd: float | None = typer.Option(None, "--budget-usd", min=0.0, help="Budget"),
+) -> None:
+    """Create an API key; it is printed once, alone on its line."""
+    settings = load_settings()
+
+    async def create() -> str:
+        async with _auth(settings) as auth:
+            _, plaintext = await auth.create_api_key(email, name, rpm=rpm, budget_usd=budget_usd)
+            return plaintext
+
+    typer.echo(run(create()))
 
 
 @cli.command()
 def version() -> None:
     """Print the version."""
-    from chatplane import __version__
-
     typer.echo(__version__)
 
 

@@ -11,8 +11,10 @@ class ChatplaneError(Exception):
     status = 500
     title = "Internal error"
 
-    def __init__(self, detail: str | None = None, **extra: Any) -> None:
+    def __init__(self, detail: str | None = None, *, code: str | None = None, **extra: Any) -> None:
         self.detail = detail or self.title
+        if code is not None:
+            self.code = code
         self.extra = extra
         super().__init__(self.detail)
 
@@ -82,8 +84,15 @@ class ProviderError(ChatplaneError):
     status = 502
     title = "The model provider failed"
 
-    def __init__(self, detail: str | None = None, *, kind: str = "error", **extra: Any) -> None:
-        super().__init__(detail, **extra)
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        kind: str = "error",
+        code: str | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(detail, code=code, **extra)
         self.kind = kind
 
 

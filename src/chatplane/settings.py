@@ -25,7 +25,7 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".chatplane")
     database_url: str | None = None
     redis_url: str | None = None
-    secret_key: SecretStr | None = None
+    secret_key: SecretStr | None = Field(default=None, min_length=32)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     log_json: bool = False
@@ -57,9 +57,16 @@ class Settings(BaseSettings):
     job_visibility_timeout_s: float = Field(default=30.0, gt=0)
     sse_keepalive_s: float = Field(default=15.0, gt=0)
 
-    # Sessions for the web app.
+    # Passwords (argon2id) and sessions for the web app.
+    password_time_cost: int = Field(default=3, ge=1)
+    password_memory_kib: int = Field(default=65536, ge=8)
+    password_parallelism: int = Field(default=4, ge=1)
+    secure_cookies: bool = False
     access_token_ttl_s: int = Field(default=3600, ge=60)
     session_ttl_s: int = Field(default=14 * 24 * 3600, ge=60)
+
+    # Turn execution inside `serve` (embedded shape) and `worker`.
+    turn_concurrency: int = Field(default=32, ge=1)
 
     # Database pool (scaled shape).
     db_pool_size: int = Field(default=10, ge=1)

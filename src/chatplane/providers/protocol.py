@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -62,3 +63,24 @@ class Provider(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@asynccontextmanager
+async def open_stream(
+    provider: Provider, request: CompletionRequest
+) -> AsyncIterator[AsyncIterator[StreamItem]]:
+    """`provider.stream(request)`, closed on exit even when the caller stops reading
+    early (a `break` on cancel), so the upstream request ends then, not at garbage
+    collection:
+
+        async with open_stream(route.provider, request) as items:
+            async for item in items:
+                ...
+    """
+    items = provider.stream(request)
+    try:
+        yield items
+    finally:
+        aclose = getattr(items, "aclose", None)
+        if aclose is not None:
+            await aclose()

@@ -1,0 +1,48 @@
+"""FastAPI dependencies: who is calling, from a bearer token or the web app's cookie."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from chatplane.auth.principal import Principal
+from chatplane.container import Services, get_services
+from chatplane.errors import Forbidden, Unauthorized
+
+SESSION_COOKIE = "chatplane_session"
+CSRF_COOKIE = "chatplane_csrf"
+CSRF_HEADER = "x-csrf-token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    if not authorization:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("Use 'Authorization: Bearer <token>'", code="invalid_authorization")
+    return token.strip()
+
+
+async def current_principal(
+    request: Request, services: Annotated[Services, Depends(get_services)]
+) -> Principal:
+    token = bearer_token(request.headers.get("authorization"))
+    if token is not None:
+        return await services.auth.authenticate_bearer(token)
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if not cookie:
+        raise Unauthorized()
+    principal = await services.auth.authenticate_session_token(cookie, via_cookie=True)
+    if request.method not in SAFE_METHODS:
+        expected = request.cookies.get(CSRF_COOKIE, "")
+        given = request.headers.get(CSRF_HEADER, "")
+        if not expected or not hmac.compare_digest(expected, given):
+            raise Forbidden("Missing or wrong X-CSRF-Token header", code="csrf_failed")
+    return principal
+
+
+CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
+ServicesDep = Annotated[Services, Depends(get_services)]

@@ -1,0 +1,263 @@
+"""Identity rules: users, API keys, logins and turning a credential into a Principal."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+import jwt
+from sqlalchemy.exc import IntegrityError
+
+from chatplane.auth.models import ROLES, ApiKey, Tenant, User, WebSession
+from chatplane.auth.principal import Principal
+from chatplane.auth.repository import AuthRepository
+from chatplane.auth.secrets import (
+    API_KEY_PREFIX,
+    Passwords,
+    new_api_key,
+    new_opaque_token,
+    token_hash,
+)
+from chatplane.cache import TTLCache
+from chatplane.db.base import new_id, utcnow
+from chatplane.db.engine import Database
+from chatplane.errors import Conflict, InvalidCredentials, NotFound, Unauthorized, ValidationFailed
+from chatplane.settings import Settings
+
+EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+MIN_PASSWORD_LENGTH = 8
+JWT_ALGORITHM = "HS256"
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+@dataclass(frozen=True, slots=True)
+class LoginResult:
+    access_token: str
+    refresh_token: str
+    expires_in: int
+    session_token: str  # for the web app's cookie; lives as long as the session
+    session_expires_in: int
+
+
+def normalize_email(email: str) -> str:
+    email = email.strip().lower()
+    if not EMAIL_RE.match(email) or len(email) > 320:
+        raise ValidationFailed("Not a valid email address", field="email")
+    return email
+
+
+class AuthService:
+    def __init__(self, db: Database, settings: Settings, passwords: Passwords) -> None:
+        self.db = db
+        self.settings = settings
+        self.passwords = passwords
+        self._principals: TTLCache[str, Principal] = TTLCache(ttl_s=5.0)
+
+    # Users and keys (CLI and admin).
+
+    async def create_user(
+        self, email: str, password: str, *, tenant_slug: str = "default", role: str = "member"
+    ) -> User:
+        email = normalize_email(email)
+        if len(password) < MIN_PASSWORD_LENGTH:
+            raise ValidationFailed(
+                f"The password needs at least {MIN_PASSWORD_LENGTH} characters", field="password"
+            )
+        if role not in ROLES:
+            raise ValidationFailed(f"Unknown role {role!r}", field="role")
+        if not SLUG_RE.match(tenant_slug):
+            raise ValidationFailed("A tenant slug is lowercase letters, digits and -")
+        password_hash = await self.passwords.hash(password)
+        async with self.db.session() as session:
+            repo = AuthRepository(session)
+            tenant = await repo.tenant_by_slug(tenant_slug)
+            if tenant is None:
+                tenant = Tenant(id=new_id(), slug=tenant_slug, name=tenant_slug)
+                session.add(tenant)
+                role = "owner"  # whoever opens a tenant owns it
+            user = User(
+                id=new_id(),
+                tenant_id=tenant.id,
+                email=email,
+                password_hash=password_hash,
+                role=role,
+            )
+            session.add(user)
+            try:
+                await session.commit()
+            except IntegrityError as exc:
+                raise Conflict(f"A user with email {email} exists", code="user_exists") from exc
+        return user
+
+    async def create_api_key(
+        self,
+        email: str,
+        name: str,
+        *,
+        rpm: int | None = None,
+        budget_usd: float | None = None,
+        expires_at: datetime | None = None,
+    ) -> tuple[ApiKey, str]:
+        email = normalize_email(email)
+        name = name.strip()
+        if not 1 <= len(name) <= 100:
+            raise ValidationFailed("A key name has 1 to 100 characters", field="name")
+        plaintext = new_api_key()
+        async with self.db.session() as session:
+            user = await AuthRepository(session).user_by_email(email)
+            if user is None:
+                raise NotFound(f"No user with email {email}")
+            key = ApiKey(
+                id=new_id(),
+                tenant_id=user.tenant_id,
+                user_id=user.id,
+                name=name,
+                prefix=plaintext[: len(API_KEY_PREFIX) + 6],
+                key_hash=token_hash(plaintext),
+                rpm=rpm,
+                budget_usd=budget_usd,
+                expires_at=expires_at,
+            )
+            session.add(key)
+            await session.commit()
+        return key, plaintext
+
+    # Sessions.
+
+    async def login(self, email: str, password: str) -> LoginResult:
+        try:
+            email = normalize_email(email)
+        except ValidationFailed:
+            email = ""
+        async with self.db.session() as session:
+            user = await AuthRepository(session).user_by_email(email) if email else None
+        # Always verify, so an unknown email costs the same time as a wrong password.
+        valid = await self.passwords.verify(user.password_hash if user else None, password)
+        if user is None or not valid or user.disabled:
+            raise InvalidCredentials()
+        return await self._open_session(user)
+
+    async def refresh(self, refresh_token: str) -> LoginResult:
+        async with self.db.session() as session:
+            repo = AuthRepository(session)
+            web_session = await repo.session_by_refresh_hash(token_hash(refresh_token))
+            if web_session is None or not _session_alive(web_session):
+                raise Unauthorized("The refresh token is not valid", code="invalid_refresh_token")
+            user = await repo.user_by_id(web_session.user_id)
+            if user is None or user.disabled:
+                raise Unauthorized("The refresh token is not valid", code="invalid_refresh_token")
+            new_refresh = new_opaque_token()
+            web_session.refresh_hash = token_hash(new_refresh)
+            await session.commit()
+        return self._tokens(user, web_session, new_refresh)
+
+    async def logout(self, session_id: str) -> None:
+        async with self.db.session() as session:
+            web_session = await session.get(WebSession, session_id)
+            if web_session is not None and web_session.revoked_at is None:
+                web_session.revoked_at = utcnow()
+                await session.commit()
+        self._principals.pop(f"s:{session_id}")
+
+    async def _open_session(self, user: User) -> LoginResult:
+        refresh = new_opaque_token()
+        web_session = WebSession(
+            id=new_id(),
+            user_id=user.id,
+            refresh_hash=token_hash(refresh),
+            expires_at=utcnow() + timedelta(seconds=self.settings.session_ttl_s),
+        )
+        async with self.db.session() as session:
+            session.add(web_session)
+            await session.commit()
+        return self._tokens(user, web_session, refresh)
+
+    def _tokens(self, user: User, web_session: WebSession, refresh: str) -> LoginResult:
+        access_ttl = self.settings.access_token_ttl_s
+        session_left = int((web_session.expires_at - utcnow()).total_seconds())
+        return LoginResult(
+            access_token=self._jwt(user, web_session.id, min(access_ttl, session_left)),
+            refresh_token=refresh,
+            expires_in=min(access_ttl, session_left),
+            session_token=self._jwt(user, web_session.id, session_left),
+            session_expires_in=session_left,
+        )
+
+    def _jwt(self, user: User, session_id: str, ttl_s: int) -> str:
+        now = utcnow()
+        claims = {
+            "sub": user.id,
+            "tid": user.tenant_id,
+            "sid": session_id,
+            "iat": now,
+            "exp": now + timedelta(seconds=ttl_s),
+        }
+        return jwt.encode(claims, self.settings.signing_key, algorithm=JWT_ALGORITHM)
+
+    # Authentication of requests.
+
+    async def authenticate_bearer(self, token: str) -> Principal:
+        if token.startswith(API_KEY_PREFIX):
+            return await self.authenticate_api_key(token)
+        return await self.authenticate_session_token(token)
+
+    async def authenticate_api_key(self, key: str) -> Principal:
+        digest = token_hash(key)
+        cached = self._principals.get(f"k:{digest}")
+        if cached is not None:
+            return cached
+        now = utcnow()
+        async with self.db.session() as session:
+            repo = AuthRepository(session)
+            found = await repo.api_key_with_user(digest)
+            if found is None:
+                raise Unauthorized("The API key is not valid", code="invalid_api_key")
+            api_key, user = found
+            if api_key.revoked_at is not None or user.disabled:
+                raise Unauthorized("The API key was revoked", code="invalid_api_key")
+            if api_key.expires_at is not None and api_key.expires_at <= now:
+                raise Unauthorized("The API key has expired", code="invalid_api_key")
+            if api_key.last_used_at is None or now - api_key.last_used_at > LAST_USED_RESOLUTION:
+                await repo.touch_api_key(api_key.id, now)
+                await session.commit()
+        principal = _principal(user, api_key_id=api_key.id)
+        self._principals.put(f"k:{digest}", principal)
+        return principal
+
+    async def authenticate_session_token(
+        self, token: str, *, via_cookie: bool = False
+    ) -> Principal:
+        try:
+            claims = jwt.decode(token, self.settings.signing_key, algorithms=[JWT_ALGORITHM])
+        except jwt.ExpiredSignatureError as exc:
+            raise Unauthorized("The session has expired", code="token_expired") from exc
+        except jwt.PyJWTError as exc:
+            raise Unauthorized("The token is not valid", code="invalid_token") from exc
+        session_id = str(claims.get("sid", ""))
+        principal = self._principals.get(f"s:{session_id}")
+        if principal is None:
+            async with self.db.session() as session:
+                found = await AuthRepository(session).session_with_user(session_id)
+            if found is None or not _session_alive(found[0]) or found[1].disabled:
+                raise Unauthorized("The session has ended", code="session_ended")
+            principal = _principal(found[1], session_id=session_id)
+            self._principals.put(f"s:{session_id}", principal)
+        return replace(principal, via_cookie=True) if via_cookie else principal
+
+
+def _session_alive(web_session: WebSession) -> bool:
+    return web_session.revoked_at is None and web_session.expires_at > utcnow()
+
+
+def _principal(user: User, **extra: str | None) -> Principal:
+    return Principal(
+        user_id=user.id,
+        tenant_id=user.tenant_id,
+        email=user.email,
+        role=user.role,
+        is_superadmin=user.is_superadmin,
+        api_key_id=extra.get("api_key_id"),
+        session_id=extra.get("session_id"),
+    )

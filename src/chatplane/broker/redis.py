@@ -1,0 +1,417 @@
+"""The Redis broker of the scaled shape: jobs in one Stream with a consumer group, one
+Stream per turn for its events, cancel flags as keys with a TTL.
+
+Jobs. `claim` first runs a script that looks for entries whose owner has been silent for
+the visibility timeout (`XPENDING IDLE`): past the attempt limit they move to the
+dead-letter list, otherwise the first one is `XCLAIM`ed (its delivery count is the attempt).
+Then it takes a new entry with `XREADGROUP`, blocking for at most a short poll interval, so a
+blocked claimer also notices reclaimable jobs. `heartbeat` checks that this claim still owns
+the entry and resets its idle time (`XCLAIM ... JUSTID`, which leaves the delivery count
+alone). `release` passes the entry to a placeholder consumer with a huge idle time, so the
+next claim takes it at once, ahead of new jobs, and the attempt still counts. `ack` (and
+dead-lettering) `XACK`s and `XDEL`s the entry, so the stream holds exactly the jobs waiting
+or claimed, and `XLEN` is the queue depth.
+
+Keys carry the prefix and a hash tag: job keys share `{jobs}`, a turn's keys share the
+stream name, so every script touches one slot. (The multiplexed `XREAD` spans many turns;
+on Redis Cluster it would need one reader per slot. This broker speaks to one Redis.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from redis import exceptions as redis_errors
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.commands.core import AsyncScript
+from redis.typing import EncodableT, FieldT
+
+from chatplane.broker.protocol import (
+    DEFAULT_CANCEL_TTL_S,
+    DEFAULT_STREAM_MAX_EVENTS,
+    READ_BATCH,
+    DeadLetter,
+    Event,
+    Job,
+    JobLost,
+)
+from chatplane.broker.redis_streams import StreamFanout, event_from_entry, parse_stream_id
+from chatplane.errors import ServiceUnavailable
+
+_GROUP = "workers"
+_RELEASED = "(released)"  # placeholder owner of released jobs
+_RELEASED_IDLE_MS = 10**12  # "idle for decades": the next claim takes it
+_STALE_SCAN = 16
+_CONNECT_TIMEOUT_S = 2.0
+_SOCKET_TIMEOUT_S = 5.0
+_POOL_WAIT_S = 10.0
+_HEALTH_CHECK_S = 15
+_READ_BLOCK_S = 2.0
+_UNAVAILABLE = (
+    redis_errors.ConnectionError,
+    redis_errors.TimeoutError,
+    redis_errors.ReadOnlyError,
+)
+
+_CLAIM = """
+local stream, dead = KEYS[1], KEYS[2]
+local group, consumer, min_idle = ARGV[1], ARGV[2], ARGV[3]
+local max_attempts, dead_cap = tonumber(ARGV[4]), tonumber(ARGV[5])
+for _, p in ipairs(redis.call('XPENDING', stream, group, 'IDLE', min_idle, '-', '+', ARGV[6])) do
+  local id, owner, deliveries = p[1], p[2], p[4]
+  if deliveries >= max_attempts then
+    local entry = redis.call('XRANGE', stream, id, id)[1]
+    if entry then
+      local fields = {}
+      for i = 1, #entry[2], 2 do fields[entry[2][i]] = entry[2][i + 1] end
+      redis.call('LPUSH', dead, cjson.encode({id = id, kind = fields.kind,
+        payload = fields.payload, attempt = deliveries,
+        reason = 'no ack after ' .. deliveries .. ' attempts (last consumer ' .. owner .. ')'}))
+      redis.call('LTRIM', dead, 0, dead_cap - 1)
+    end
+    redis.call('XACK', stream, group, id)
+    redis.call('XDEL', stream, id)
+  else
+    local claimed = redis.call('XCLAIM', stream, group, consumer, min_idle, id)[1]
+    if claimed then return {id, claimed[2], deliveries + 1} end
+    redis.call('XACK', stream, group, id)
+  end
+end
+local fresh = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', 1, 'STREAMS', stream, '>')
+if fresh then
+  local entry = fresh[1][2][1]
+  return {entry[1], entry[2], 1}
+end
+return false
+"""
+
+# Hands a still-held claim to `new_owner` with `idle` ms of idle time (heartbeat: the same
+# owner, 0; release: the placeholder, a huge idle time). Returns 0 when the claim is gone.
+_RENEW = """
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)[1]
+if p == nil or p[2] ~= ARGV[2] or p[4] ~= tonumber(ARGV[4]) then return 0 end
+redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[5], 0, ARGV[3], 'IDLE', ARGV[6], 'JUSTID')
+return 1
+"""
+
+
+class _GroupMissing(Exception):
+    """The consumer group vanished (Redis restarted empty, key deleted)."""
+
+
+@dataclass(slots=True)
+class _Connections:
+    client: Redis  # commands, from a bounded pool
+    reader: Redis  # one connection for the stream fan-out's blocking XREAD
+    fanout: StreamFanout
+    claim: AsyncScript
+    renew: AsyncScript
+
+
+class RedisBroker:
+    def __init__(
+        self,
+        url: str,
+        *,
+        key_prefix: str = "chatplane",
+        visibility_timeout_s: float = 30.0,
+        max_attempts: int = 3,
+        stream_max_events: int = DEFAULT_STREAM_MAX_EVENTS,
+        cancel_ttl_s: float = DEFAULT_CANCEL_TTL_S,
+        max_connections: int = 20,
+        dead_letter_max: int = 10_000,
+    ) -> None:
+        if visibility_timeout_s <= 0 or max_attempts < 1 or stream_max_events < 1:
+            raise ValueError("visibility timeout, max attempts and stream cap must be positive")
+        self.url = url
+        self.key_prefix = key_prefix
+        self.visibility_timeout_s = visibility_timeout_s
+        self.max_attempts = max_attempts
+        self.stream_max_events = stream_max_events
+        self.cancel_ttl_s = cancel_ttl_s
+        self.max_connections = max_connections
+        self.dead_letter_max = dead_letter_max
+        # Every connection of this broker carries this name (see CLIENT LIST).
+        self.client_name = f"{key_prefix}-broker-{uuid.uuid4().hex[:12]}"
+        self._jobs_key = f"{key_prefix}:{{jobs}}:queue"
+        self._dead_key = f"{key_prefix}:{{jobs}}:dead"
+        self._wake_key = f"{key_prefix}:reader:{{{self.client_name}}}:wake"
+        # A blocked claim wakes this often to look for reclaimable jobs.
+        self._poll_s = min(1.0, max(0.05, visibility_timeout_s / 4))
+        self._conn: _Connections | None = None
+        self._where = "Redis"
+        self._closed = False
+        self._group_ready = False
+        self._claiming = 0
+        self._claims_done = asyncio.Event()
+
+    @property
+    def pending_reads(self) -> int:
+        """Readers parked in `read()` right now."""
+        return 0 if self._conn is None else self._conn.fanout.pending_reads
+
+    async def start(self) -> None:
+        """Build the clients. No I/O: a broker whose Redis is down starts, reports it through
+        `ping()` and errors, and works once Redis is back."""
+        if self._conn is not None:
+            return
+        self._closed = False
+        client = Redis.from_pool(self._pool(self.max_connections, _SOCKET_TIMEOUT_S))
+        reader = Redis.from_pool(self._pool(1, _READ_BLOCK_S + _SOCKET_TIMEOUT_S))
+        kwargs = client.connection_pool.connection_kwargs
+        where = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
+        self._where = f"Redis at {where}"
+        fanout = StreamFanout(
+            reader=reader,
+            client=client,
+            wake_key=self._wake_key,
+            unavailable=self._unavailable_error,
+            block_s=_READ_BLOCK_S,
+        )
+        claim, renew = client.register_script(_CLAIM), client.register_script(_RENEW)
+        self._conn = _Connections(client, reader, fanout, claim, renew)
+
+    async def close(self) -> None:
+        self._closed = True
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        await conn.fanout.close()
+        if self._claiming:  # blocked claims see the flag within one poll interval
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._poll_s + 1.0):
+                    await self._claims_done.wait()
+        with contextlib.suppress(*_UNAVAILABLE):
+            await conn.client.delete(self._wake_key)
+        await conn.reader.aclose()
+        await conn.client.aclose()
+
+    async def ping(self) -> None:
+        conn = await self._connected()
+        with self._unavailable():
+            await conn.client.ping()
+
+    # Jobs.
+
+    async def enqueue(self, kind: str, payload: Mapping[str, Any]) -> str:
+        conn = await self._connected()
+        fields: dict[FieldT, EncodableT] = {"kind": kind, "payload": orjson.dumps(dict(payload))}
+        with self._unavailable():
+            job_id: Any = await conn.client.xadd(self._jobs_key, fields)
+        return str(job_id)
+
+    async def claim(self, consumer: str, *, timeout_s: float) -> Job | None:
+        conn = await self._connected()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        self._claiming += 1
+        self._claims_done.clear()
+        try:
+            while not self._closed:
+                try:
+                    job = await self._claim_now(conn, consumer)
+                    if job is not None:
+                        return job
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        return None
+                    block_ms = max(1, round(min(remaining, self._poll_s) * 1000))
+                    with self._unavailable(), self._group_missing():
+                        reply: Any = await conn.client.xreadgroup(
+                            _GROUP, consumer, {self._jobs_key: ">"}, count=1, block=block_ms
+                        )
+                except _GroupMissing:
+                    continue
+                for _key, entries in reply or ():
+                    entry_id, fields = entries[0]
+                    return self._job(entry_id, fields, 1, consumer)
+            return None
+        finally:
+            self._claiming -= 1
+            if not self._claiming:
+                self._claims_done.set()
+
+    async def heartbeat(self, job: Job) -> None:
+        if not await self._renew(job, job.extra.get("consumer", ""), 0):
+            raise JobLost(f"job {job.id} (attempt {job.attempt}) is no longer held")
+
+    async def ack(self, job: Job) -> None:
+        conn = await self._connected()
+        with self._unavailable():
+            async with conn.client.pipeline(transaction=True) as pipe:
+                pipe.xack(self._jobs_key, _GROUP, job.id)
+                pipe.xdel(self._jobs_key, job.id)
+                await pipe.execute()
+
+    async def release(self, job: Job) -> None:
+        await self._renew(job, _RELEASED, _RELEASED_IDLE_MS)
+
+    async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        conn = await self._connected()
+        if limit <= 0:
+            return []
+        with self._unavailable():
+            records = await conn.client.lrange(self._dead_key, 0, limit - 1)
+        letters = []
+        for raw in records:
+            record = orjson.loads(raw)
+            job = Job(
+                record["id"], record["kind"], orjson.loads(record["payload"]), record["attempt"]
+            )
+            letters.append(DeadLetter(job, record["reason"]))
+        return letters
+
+    async def queue_depth(self) -> int:
+        conn = await self._connected()
+        with self._unavailable():
+            depth: int = await conn.client.xlen(self._jobs_key)
+        return depth
+
+    async def _claim_now(self, conn: _Connections, consumer: str) -> Job | None:
+        await self._ensure_group(conn)
+        args: list[str | int] = [
+            _GROUP,
+            consumer,
+            round(self.visibility_timeout_s * 1000),
+            self.max_attempts,
+            self.dead_letter_max,
+            _STALE_SCAN,
+        ]
+        with self._unavailable(), self._group_missing():
+            found = await conn.claim(keys=[self._jobs_key, self._dead_key], args=args)
+        if not found:
+            return None
+        entry_id, flat, attempt = found
+        return self._job(entry_id, dict(zip(flat[::2], flat[1::2], strict=True)), attempt, consumer)
+
+    async def _renew(self, job: Job, new_owner: str, idle_ms: int) -> bool:
+        conn = await self._connected()
+        consumer = job.extra.get("consumer", "")
+        args: list[str | int] = [_GROUP, consumer, job.id, job.attempt, new_owner, idle_ms]
+        try:
+            with self._unavailable(), self._group_missing():
+                renewed = await conn.renew(keys=[self._jobs_key], args=args)
+        except _GroupMissing:
+            return False
+        return bool(renewed)
+
+    async def _ensure_group(self, conn: _Connections) -> None:
+        if self._group_ready:
+            return
+        with self._unavailable():
+            try:
+                await conn.client.xgroup_create(self._jobs_key, _GROUP, id="0", mkstream=True)
+            except redis_errors.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+        self._group_ready = True
+
+    @contextlib.contextmanager
+    def _group_missing(self) -> Iterator[None]:
+        """The group vanished (Redis restarted empty, key deleted): recreate it next time."""
+        try:
+            yield
+        except redis_errors.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            self._group_ready = False
+            raise _GroupMissing from exc
+
+    @staticmethod
+    def _job(entry_id: str, fields: Mapping[str, Any], attempt: int, consumer: str) -> Job:
+        payload = orjson.loads(fields["payload"])
+        return Job(entry_id, fields["kind"], payload, attempt, extra={"consumer": consumer})
+
+    # Event streams.
+
+    async def publish(self, stream: str, type: str, data: Mapping[str, Any]) -> Event:
+        conn = await self._connected()
+        body = orjson.dumps(dict(data))
+        with self._unavailable():
+            event_id: Any = await conn.client.xadd(
+                self._events_key(stream),
+                {"t": type, "d": body},
+                maxlen=self.stream_max_events,
+                approximate=True,
+            )
+        return Event(str(event_id), type, orjson.loads(body))
+
+    async def read(self, stream: str, after: str | None, *, timeout_s: float) -> list[Event]:
+        after_id = parse_stream_id(after)
+        conn = await self._connected()
+        key = self._events_key(stream)
+        if timeout_s <= 0 or not conn.fanout.covers(key, after_id):
+            start = "-" if after is None else f"({after}"
+            with self._unavailable():
+                entries: Any = await conn.client.xrange(key, start, "+", count=READ_BATCH)
+            if entries or timeout_s <= 0:
+                return [event_from_entry(entry_id, fields) for entry_id, fields in entries]
+        return await conn.fanout.wait(key, after_id, timeout_s)
+
+    async def expire(self, stream: str, ttl_s: float) -> None:
+        conn = await self._connected()
+        with self._unavailable():
+            await conn.client.pexpire(self._events_key(stream), max(1, round(ttl_s * 1000)))
+
+    def _events_key(self, stream: str) -> str:
+        return f"{self.key_prefix}:turn:{{{stream}}}:events"
+
+    # Cancellation.
+
+    async def request_cancel(self, turn_id: str) -> None:
+        conn = await self._connected()
+        with self._unavailable():
+            ttl_ms = round(self.cancel_ttl_s * 1000)
+            await conn.client.set(self._cancel_key(turn_id), "1", px=ttl_ms)
+
+    async def cancel_requested(self, turn_id: str) -> bool:
+        conn = await self._connected()
+        with self._unavailable():
+            found: int = await conn.client.exists(self._cancel_key(turn_id))
+        return found > 0
+
+    def _cancel_key(self, turn_id: str) -> str:
+        return f"{self.key_prefix}:turn:{{{turn_id}}}:cancel"
+
+    # Connections.
+
+    def _pool(self, max_connections: int, socket_timeout: float) -> BlockingConnectionPool:
+        return BlockingConnectionPool.from_url(
+            self.url,
+            max_connections=max_connections,
+            timeout=_POOL_WAIT_S,
+            decode_responses=True,
+            protocol=2,
+            client_name=self.client_name,
+            socket_connect_timeout=_CONNECT_TIMEOUT_S,
+            socket_timeout=socket_timeout,
+            socket_keepalive=True,
+            health_check_interval=_HEALTH_CHECK_S,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
+        )
+
+    async def _connected(self) -> _Connections:
+        if self._closed:
+            raise ServiceUnavailable("the broker is closed")
+        if self._conn is None:
+            await self.start()
+        assert self._conn is not None
+        return self._conn
+
+    def _unavailable_error(self, exc: Exception) -> ServiceUnavailable:
+        return ServiceUnavailable(f"{self._where} is unavailable: {exc}")
+
+    @contextlib.contextmanager
+    def _unavailable(self) -> Iterator[None]:
+        try:
+            yield
+        except _UNAVAILABLE as exc:
+            raise self._unavailable_error(exc) from exc

@@ -1,0 +1,231 @@
+"""Turn event streams on Redis: stream ids, entries, and the fan-out of blocked readers.
+
+Every waiting `read()` of a process is served by ONE loop on ONE dedicated connection. The
+loop issues a single blocking `XREAD` over every stream that has waiters (each from the
+lowest id any of its waiters needs) and resolves each waiter's future with exactly the
+events after its own id. A waiter costs a small object and a future: no task, no queue, no
+connection. A reader that registers for a stream the in-flight `XREAD` does not cover
+interrupts it by `XADD`ing to this process's wake-up stream, which every `XREAD` includes.
+
+Streams that just delivered stay in the `XREAD` for a few seconds without waiters ("sticky"),
+so an SSE client that comes straight back for the next event does not cost a wake-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from bisect import bisect_right
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import orjson
+import structlog
+from redis import exceptions as redis_errors
+from redis.asyncio import Redis
+from redis.typing import KeyT, StreamIdT
+
+from chatplane.broker.protocol import READ_BATCH, Event
+from chatplane.errors import BadRequest, ServiceUnavailable
+
+StreamId = tuple[int, int]
+
+_STREAM_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
+_MAX_PART = 2**64 - 1
+_BACKOFF_MIN_S = 0.05
+_BACKOFF_MAX_S = 2.0
+_WAKE_KEY_TTL_MS = 3_600_000
+
+log = structlog.get_logger(__name__)
+
+
+def parse_stream_id(value: str | None) -> StreamId:
+    """A Redis stream id as a comparable pair; None is the start of the stream."""
+    if value is None:
+        return (0, 0)
+    match = _STREAM_ID.fullmatch(value)
+    if match is None:
+        raise BadRequest(f"not an event id: {value!r}")
+    parsed = (int(match[1]), int(match[2]))
+    if max(parsed) > _MAX_PART or parsed == (_MAX_PART, _MAX_PART):
+        raise BadRequest(f"event id out of range: {value!r}")
+    return parsed
+
+
+def format_stream_id(value: StreamId) -> str:
+    return f"{value[0]}-{value[1]}"
+
+
+def event_from_entry(entry_id: str, fields: Mapping[str, Any]) -> Event:
+    return Event(entry_id, fields["t"], orjson.loads(fields["d"]))
+
+
+def stream_entries(reply: Any) -> Iterable[tuple[str, list[tuple[str, dict[str, Any]]]]]:
+    """An `XREAD` reply (RESP2, as the broker's clients speak) as (key, entries) pairs."""
+    return ((key, entries) for key, entries in reply or ())
+
+
+class _Waiter:
+    __slots__ = ("after", "future")
+
+    def __init__(self, after: StreamId, future: asyncio.Future[list[Event] | Exception]) -> None:
+        self.after = after
+        self.future = future
+
+
+class StreamFanout:
+    def __init__(
+        self,
+        *,
+        reader: Redis,
+        client: Redis,
+        wake_key: str,
+        unavailable: Callable[[Exception], ServiceUnavailable],
+        block_s: float = 2.0,
+        sticky_s: float = 5.0,
+    ) -> None:
+        self._reader = reader  # a pool of one connection, used only by the loop
+        self._client = client
+        self._wake_key = wake_key
+        self._unavailable = unavailable
+        self._block_ms = max(1, round(block_s * 1000))
+        self._sticky_s = sticky_s
+        self._waiters: dict[str, set[_Waiter]] = {}
+        self._sticky: dict[str, tuple[StreamId, float]] = {}  # key -> (last id, until)
+        self._reading: dict[str, StreamId] = {}  # what the in-flight XREAD covers
+        self._wake_last = "0-0"
+        self._wake_sent = False
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @property
+    def pending_reads(self) -> int:
+        return sum(len(waiters) for waiters in self._waiters.values())
+
+    def covers(self, key: str, after: StreamId) -> bool:
+        """Whether the in-flight XREAD already returns every event after `after` on `key`."""
+        reading = self._reading.get(key)
+        return reading is not None and after >= reading
+
+    async def wait(self, key: str, after: StreamId, timeout_s: float) -> list[Event]:
+        """Events after `after` on `key` once there are some; [] after `timeout_s`."""
+        if self._closed:
+            return []
+        self._ensure_running()
+        future: asyncio.Future[list[Event] | Exception] = asyncio.get_running_loop().create_future()
+        waiter = _Waiter(after, future)
+        self._waiters.setdefault(key, set()).add(waiter)
+        try:
+            if not self.covers(key, after):
+                await self._wake()
+            async with asyncio.timeout(timeout_s):
+                result = await future
+        except TimeoutError:
+            return []
+        finally:
+            waiters = self._waiters.get(key)
+            if waiters is not None:
+                waiters.discard(waiter)
+                if not waiters:
+                    del self._waiters[key]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    async def close(self) -> None:
+        self._closed = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        self._resolve_all(None)
+        self._reading = {}
+        self._sticky.clear()
+
+    def _ensure_running(self) -> None:
+        if self._task is not None and not self._task.done():
+            return
+        if self._task is not None and not self._task.cancelled() and self._task.exception():
+            log.error("broker.reader.crashed", error=repr(self._task.exception()))
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._run(), name="chatplane-broker-stream-reader")
+
+    async def _wake(self) -> None:
+        if self._wake_sent:
+            return
+        self._wake_sent = True
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.xadd(self._wake_key, {"w": "1"}, maxlen=1, approximate=False)
+                pipe.pexpire(self._wake_key, _WAKE_KEY_TTL_MS)
+                await pipe.execute()
+        except redis_errors.RedisError as exc:
+            self._wake_sent = False
+            raise self._unavailable(exc) from exc
+
+    async def _run(self) -> None:
+        backoff = _BACKOFF_MIN_S
+        while True:
+            streams = self._snapshot()
+            try:
+                reply: Any = await self._reader.xread(
+                    streams, count=READ_BATCH, block=self._block_ms
+                )
+            except redis_errors.RedisError as exc:
+                log.warning("broker.reader.error", error=str(exc), retry_in_s=backoff)
+                self._reading = {}
+                self._sticky.clear()
+                self._resolve_all(self._unavailable(exc))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, _BACKOFF_MAX_S)
+                continue
+            backoff = _BACKOFF_MIN_S
+            self._dispatch(reply)
+
+    def _snapshot(self) -> dict[KeyT, StreamIdT]:
+        now = asyncio.get_running_loop().time()
+        reading = {key: min(w.after for w in waiters) for key, waiters in self._waiters.items()}
+        for key, (last, until) in list(self._sticky.items()):
+            if until <= now:
+                del self._sticky[key]
+            elif key not in reading:
+                reading[key] = last
+        self._reading = reading
+        self._wake_sent = False
+        streams: dict[KeyT, StreamIdT] = {
+            key: format_stream_id(after) for key, after in reading.items()
+        }
+        streams[self._wake_key] = self._wake_last
+        return streams
+
+    def _dispatch(self, reply: Any) -> None:
+        until = asyncio.get_running_loop().time() + self._sticky_s
+        for key, entries in stream_entries(reply):
+            if not entries:
+                continue
+            if key == self._wake_key:
+                self._wake_last = entries[-1][0]
+                continue
+            events = [event_from_entry(entry_id, fields) for entry_id, fields in entries]
+            ids = [parse_stream_id(event.id) for event in events]
+            previous = self._sticky.get(key)
+            last = ids[-1] if previous is None else max(ids[-1], previous[0])
+            self._sticky[key] = (last, until)
+            waiters = self._waiters.get(key)
+            if not waiters:
+                continue
+            for waiter in list(waiters):
+                start = bisect_right(ids, waiter.after)
+                if start < len(events) and not waiter.future.done():
+                    waiter.future.set_result(events[start:])
+                    waiters.discard(waiter)
+            if not waiters:
+                del self._waiters[key]
+
+    def _resolve_all(self, error: Exception | None) -> None:
+        """Wake every waiter: with the error, or with no events (closing)."""
+        for waiters in self._waiters.values():
+            for waiter in waiters:
+                if not waiter.future.done():
+                    waiter.future.set_result([] if error is None else error)
+        self._waiters.clear()

@@ -1,0 +1,55 @@
+"""Tables of the chat domain: conversations, their messages, and turns."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from chatplane.db.base import Base, CreatedMixin, IdMixin, UTCDateTime, utcnow
+
+TURN_STATES = ("queued", "running", "completed", "failed", "cancelled")
+TERMINAL_STATES = frozenset({"completed", "failed", "cancelled"})
+
+
+class Conversation(IdMixin, CreatedMixin, Base):
+    __tablename__ = "conversations"
+    __table_args__ = (Index("ix_conversations_owner_recent", "user_id", "updated_at", "id"),)
+
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    title: Mapped[str] = mapped_column(String(200))
+    model: Mapped[str] = mapped_column(String(200))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Message(IdMixin, CreatedMixin, Base):
+    __tablename__ = "messages"
+    __table_args__ = (Index("ix_messages_conversation_seq", "conversation_id", "seq"),)
+
+    conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
+    tenant_id: Mapped[str] = mapped_column(String(32))
+    seq: Mapped[int] = mapped_column(Integer)
+    role: Mapped[str] = mapped_column(String(16))
+    content: Mapped[str] = mapped_column(Text)
+    # Set on assistant messages: at most one per turn, so a re-run turn never stores twice.
+    turn_id: Mapped[str | None] = mapped_column(String(32), unique=True)
+
+
+class Turn(IdMixin, CreatedMixin, Base):
+    __tablename__ = "turns"
+    __table_args__ = (Index("ix_turns_conversation_status", "conversation_id", "status"),)
+
+    conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
+    tenant_id: Mapped[str] = mapped_column(String(32))
+    user_id: Mapped[str] = mapped_column(String(32))
+    user_message_id: Mapped[str] = mapped_column(String(32))
+    model: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    assistant_message_id: Mapped[str | None] = mapped_column(String(32))
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

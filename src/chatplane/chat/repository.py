@@ -1,0 +1,133 @@
+"""Queries of the chat tables. Every read of a user's data is scoped by tenant and owner."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import ColumnElement, and_, delete, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from chatplane.chat.models import TERMINAL_STATES, Conversation, Message, Turn
+
+
+class ChatRepository:
+    def __init__(self, session: AsyncSession, *, tenant_id: str, user_id: str) -> None:
+        self.session = session
+        self.tenant_id = tenant_id
+        self.user_id = user_id
+
+    def _owned(self) -> ColumnElement[bool]:
+        return and_(Conversation.tenant_id == self.tenant_id, Conversation.user_id == self.user_id)
+
+    async def conversation(self, conversation_id: str) -> Conversation | None:
+        result = await self.session.scalars(
+            select(Conversation).where(Conversation.id == conversation_id, self._owned())
+        )
+        return result.first()
+
+    async def conversations_page(
+        self, *, limit: int, before: tuple[datetime, str] | None
+    ) -> Sequence[Conversation]:
+        statement = select(Conversation).where(self._owned())
+        if before is not None:
+            updated_at, conversation_id = before
+            statement = statement.where(
+                or_(
+                    Conversation.updated_at < updated_at,
+                    and_(Conversation.updated_at == updated_at, Conversation.id < conversation_id),
+                )
+            )
+        statement = statement.order_by(Conversation.updated_at.desc(), Conversation.id.desc())
+        return (await self.session.scalars(statement.limit(limit))).all()
+
+    async def delete_conversation(self, conversation_id: str) -> bool:
+        result = await self.session.execute(
+            delete(Conversation).where(Conversation.id == conversation_id, self._owned())
+        )
+        return bool(getattr(result, "rowcount", 0))
+
+    async def turn(self, turn_id: str) -> Turn | None:
+        result = await self.session.scalars(
+            select(Turn).where(
+                Turn.id == turn_id, Turn.tenant_id == self.tenant_id, Turn.user_id == self.user_id
+            )
+        )
+        return result.first()
+
+    async def active_turn_id(self, conversation_id: str) -> str | None:
+        result = await self.session.scalars(
+            select(Turn.id)
+            .where(Turn.conversation_id == conversation_id, Turn.status.in_(("queued", "running")))
+            .order_by(Turn.created_at.desc())
+            .limit(1)
+        )
+        return result.first()
+
+
+class TurnRepository:
+    """Queries the turn runner makes; the turn id itself is the scope."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def turn(self, turn_id: str) -> Turn | None:
+        return await self.session.get(Turn, turn_id)
+
+    async def start(self, turn_id: str, when: datetime) -> bool:
+        """Move a queued (or orphaned running) turn to running; False if it already ended."""
+        result = await self.session.execute(
+            update(Turn)
+            .where(Turn.id == turn_id, Turn.status.not_in(TERMINAL_STATES))
+            .values(status="running", attempts=Turn.attempts + 1, started_at=when)
+        )
+        return bool(getattr(result, "rowcount", 0))
+
+    async def finish(
+        self,
+        turn_id: str,
+        *,
+        status: str,
+        when: datetime,
+        error_code: str | None = None,
+        error_message: str | None = None,
+        assistant_message_id: str | None = None,
+    ) -> bool:
+        result = await self.session.execute(
+            update(Turn)
+            .where(Turn.id == turn_id, Turn.status.not_in(TERMINAL_STATES))
+            .values(
+                status=status,
+                finished_at=when,
+                error_code=error_code,
+                error_message=error_message,
+                assistant_message_id=assistant_message_id,
+            )
+        )
+        return bool(getattr(result, "rowcount", 0))
+
+    async def history(self, conversation_id: str, up_to_seq: int) -> Sequence[Message]:
+        statement = (
+            select(Message)
+            .where(Message.conversation_id == conversation_id, Message.seq <= up_to_seq)
+            .order_by(Message.seq, Message.created_at)
+        )
+        return (await self.session.scalars(statement)).all()
+
+
+async def next_seq(session: AsyncSession, conversation_id: str) -> int:
+    result = await session.scalar(
+        select(func.coalesce(func.max(Message.seq), 0)).where(
+            Message.conversation_id == conversation_id
+        )
+    )
+    return int(result or 0) + 1
+
+
+async def messages_of(session: AsyncSession, conversation_id: str) -> Sequence[Message]:
+    statement = (
+        select(Message)
+        .where(Message.conversation_id == conversation_id)
+        .order_by(Message.seq, Message.created_at)
+    )
+    return (await session.scalars(statement)).all()

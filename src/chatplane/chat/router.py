@@ -1,0 +1,192 @@
+"""HTTP routes of the native chat API (HTTP only; rules live in ChatService)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response
+from starlette.types import Receive, Scope, Send
+
+from chatplane.auth.deps import CurrentPrincipal, ServicesDep
+from chatplane.broker.protocol import Event
+from chatplane.chat.models import TERMINAL_STATES, Conversation, Turn
+from chatplane.chat.schemas import (
+    CancelOut,
+    ConversationDetail,
+    ConversationIn,
+    ConversationOut,
+    ConversationPage,
+    ConversationPatch,
+    MessageIn,
+    MessageOut,
+    ModelOut,
+    ModelsOut,
+    TurnAccepted,
+    TurnOut,
+    turn_error,
+)
+from chatplane.chat.sse import TurnEventStream
+
+router = APIRouter(prefix="/api", tags=["chat"])
+
+
+def _conversation(conversation: Conversation) -> ConversationOut:
+    return ConversationOut.model_validate(conversation, from_attributes=True)
+
+
+def _turn(turn: Turn) -> TurnOut:
+    return TurnOut(
+        id=turn.id,
+        conversation_id=turn.conversation_id,
+        status=turn.status,
+        model=turn.model,
+        attempts=turn.attempts,
+        error=turn_error(turn.error_code, turn.error_message),
+        assistant_message_id=turn.assistant_message_id,
+        created_at=turn.created_at,
+        started_at=turn.started_at,
+        finished_at=turn.finished_at,
+    )
+
+
+@router.get("/models", response_model=ModelsOut)
+async def list_models(_: CurrentPrincipal, services: ServicesDep) -> ModelsOut:
+    registry = services.registry
+    return ModelsOut(
+        default_model=registry.default_model,
+        models=[ModelOut(id=route.name, provider=route.kind) for route in registry.models()],
+    )
+
+
+@router.get("/conversations", response_model=ConversationPage)
+async def list_conversations(
+    principal: CurrentPrincipal,
+    services: ServicesDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> ConversationPage:
+    items, next_cursor = await services.chat.list_conversations(
+        principal, limit=limit, cursor=cursor
+    )
+    return ConversationPage(items=[_conversation(c) for c in items], next_cursor=next_cursor)
+
+
+@router.post("/conversations", status_code=201, response_model=ConversationOut)
+async def create_conversation(
+    body: ConversationIn, principal: CurrentPrincipal, services: ServicesDep
+) -> ConversationOut:
+    conversation = await services.chat.create_conversation(
+        principal, title=body.title, model=body.model
+    )
+    return _conversation(conversation)
+
+
+@router.get("/conversations/{conversation_id}", response_model=ConversationDetail)
+async def get_conversation(
+    conversation_id: str, principal: CurrentPrincipal, services: ServicesDep
+) -> ConversationDetail:
+    view = await services.chat.get_conversation(principal, conversation_id)
+    return ConversationDetail(
+        **_conversation(view.conversation).model_dump(),
+        active_turn_id=view.active_turn_id,
+        messages=[MessageOut.model_validate(m, from_attributes=True) for m in view.messages],
+    )
+
+
+@router.patch("/conversations/{conversation_id}", response_model=ConversationOut)
+async def rename_conversation(
+    conversation_id: str,
+    body: ConversationPatch,
+    principal: CurrentPrincipal,
+    services: ServicesDep,
+) -> ConversationOut:
+    conversation = await services.chat.rename_conversation(principal, conversation_id, body.title)
+    return _conversation(conversation)
+
+
+@router.delete("/conversations/{conversation_id}", status_code=204)
+async def delete_conversation(
+    conversation_id: str, principal: CurrentPrincipal, services: ServicesDep
+) -> Response:
+    await services.chat.delete_conversation(principal, conversation_id)
+    return Response(status_code=204)
+
+
+@router.post(
+    "/conversations/{conversation_id}/messages", status_code=202, response_model=TurnAccepted
+)
+async def post_message(
+    conversation_id: str, body: MessageIn, principal: CurrentPrincipal, services: ServicesDep
+) -> TurnAccepted:
+    turn = await services.chat.post_message(
+        principal, conversation_id, content=body.content, model=body.model
+    )
+    return TurnAccepted(
+        turn_id=turn.id,
+        message_id=turn.user_message_id,
+        events_url=f"/api/turns/{turn.id}/events",
+    )
+
+
+@router.get("/turns/{turn_id}", response_model=TurnOut)
+async def get_turn(turn_id: str, principal: CurrentPrincipal, services: ServicesDep) -> TurnOut:
+    return _turn(await services.chat.get_turn(principal, turn_id))
+
+
+@router.post("/turns/{turn_id}/cancel", status_code=202, response_model=CancelOut)
+async def cancel_turn(
+    turn_id: str, principal: CurrentPrincipal, services: ServicesDep
+) -> CancelOut:
+    turn = await services.chat.cancel_turn(principal, turn_id)
+    return CancelOut(turn_id=turn.id, status=turn.status)
+
+
+class _EventsResponse(Response):
+    """Hands the ASGI call to the event stream without buffering anything."""
+
+    def __init__(self, stream: TurnEventStream) -> None:
+        super().__init__(media_type="text/event-stream")
+        self.stream = stream
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.stream(scope, receive, send)
+
+
+@router.get(
+    "/turns/{turn_id}/events",
+    response_class=Response,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "Turn events (SSE)"}},
+)
+async def turn_events(
+    turn_id: str,
+    principal: CurrentPrincipal,
+    services: ServicesDep,
+    after: Annotated[str | None, Query(max_length=64)] = None,
+    last_event_id: Annotated[str | None, Header(max_length=64)] = None,
+) -> Response:
+    turn = await services.chat.get_turn(principal, turn_id)
+    resume_after = last_event_id or after
+
+    async def stored_outcome() -> Event | None:
+        latest = await services.chat.get_turn(principal, turn_id)
+        if latest.status not in TERMINAL_STATES:
+            return None
+        data: dict[str, object] = {"message_id": latest.assistant_message_id}
+        if latest.status == "failed":
+            data = {"error": turn_error(latest.error_code, latest.error_message)}
+        return Event(id="", type=f"turn.{latest.status}", data=data)
+
+    initial = await services.broker.read(turn_id, resume_after, timeout_s=0)
+    return _EventsResponse(
+        TurnEventStream(
+            services.broker,
+            turn_id,
+            resume_after,
+            initial=initial,
+            keepalive_s=services.settings.sse_keepalive_s,
+            first_wait_s=0.0
+            if turn.status in TERMINAL_STATES
+            else services.settings.sse_keepalive_s,
+            ended=stored_outcome,
+        )
+    )

@@ -1,0 +1,255 @@
+"""Runs one turn: history -> provider stream -> events, then stores the answer exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+from sqlalchemy.exc import IntegrityError
+
+from chatplane.broker.protocol import Broker, Job, JobLost
+from chatplane.chat.models import Conversation, Message, Turn
+from chatplane.chat.repository import TurnRepository, next_seq
+from chatplane.db.base import new_id, utcnow
+from chatplane.db.engine import Database
+from chatplane.errors import ChatplaneError, ProviderError
+from chatplane.providers.protocol import (
+    ChatMessage,
+    CompletionRequest,
+    Finish,
+    Provider,
+    TextDelta,
+    Usage,
+)
+from chatplane.providers.registry import ModelRegistry, cost_usd
+from chatplane.providers.tokens import estimate_tokens
+from chatplane.settings import Settings
+from chatplane.usage.models import UsageRecord
+
+log = structlog.get_logger("chatplane.turns")
+
+CANCEL_POLL_S = 0.2
+
+
+class TurnCancelled(Exception):
+    pass
+
+
+def fit_context(messages: Sequence[ChatMessage], budget_tokens: int) -> list[ChatMessage]:
+    """The newest messages that fit the budget; the last (the user's question) always stays."""
+    kept: list[ChatMessage] = []
+    used = 0
+    for message in reversed(messages):
+        cost = estimate_tokens(message.content) + 4
+        if kept and used + cost > budget_tokens:
+            break
+        kept.append(message)
+        used += cost
+    kept.reverse()
+    return kept
+
+
+class TurnRunner:
+    def __init__(
+        self, db: Database, broker: Broker, registry: ModelRegistry, settings: Settings
+    ) -> None:
+        self.db = db
+        self.broker = broker
+        self.registry = registry
+        self.settings = settings
+
+    async def run(self, job: Job) -> None:
+        turn_id = str(job.payload["turn_id"])
+        structlog.contextvars.bind_contextvars(turn_id=turn_id)
+        try:
+            await self._run(turn_id, job)
+        finally:
+            structlog.contextvars.unbind_contextvars("turn_id")
+
+    async def _run(self, turn_id: str, job: Job) -> None:
+        async with self.db.session() as session:
+            repo = TurnRepository(session)
+            turn = await repo.turn(turn_id)
+            if turn is None or not await repo.start(turn_id, utcnow()):
+                return  # deleted, or already ended (cancelled while queued, or done before)
+            await session.commit()
+            restarted = turn.attempts > 0
+            history = await repo.history(turn.conversation_id, await self._user_seq(turn))
+        if restarted:
+            await self.broker.publish(turn_id, "turn.restarted", {"attempt": turn.attempts + 1})
+        if await self.broker.cancel_requested(turn_id):
+            await self._finish_cancelled(turn, "")
+            return
+        await self.broker.publish(turn_id, "turn.started", {"model": turn.model})
+
+        text: list[str] = []
+        try:
+            finish = await self._generate(turn, job, history, text)
+        except TurnCancelled:
+            await self._finish_cancelled(turn, "".join(text))
+        except JobLost:
+            log.warning("turn_claim_lost")  # another worker runs it now; store nothing
+        except ProviderError as exc:
+            log.warning("turn_provider_error", kind=exc.kind, detail=exc.detail)
+            await self._finish_failed(turn, exc.code, exc.detail)
+        except ChatplaneError as exc:
+            await self._finish_failed(turn, exc.code, exc.detail)
+        else:
+            await self._finish_completed(turn, "".join(text), finish.usage, history)
+
+    async def _user_seq(self, turn: Turn) -> int:
+        async with self.db.session() as session:
+            message = await session.get(Message, turn.user_message_id)
+        return message.seq if message is not None else 0
+
+    async def _generate(
+        self, turn: Turn, job: Job, history: Sequence[Message], text: list[str]
+    ) -> Finish:
+        route = await self.registry.resolve(turn.model)
+        messages = [ChatMessage(role=m.role, content=m.content) for m in history]  # type: ignore[arg-type]
+        request = CompletionRequest(
+            model=route.upstream_model,
+            messages=fit_context(messages, self.settings.context_max_tokens),
+            max_tokens=self.settings.max_output_tokens,
+        )
+        generation = asyncio.create_task(self._stream(route.provider, request, turn.id, text))
+        next_heartbeat = time.monotonic() + self.settings.job_visibility_timeout_s / 3
+        while True:
+            done, _ = await asyncio.wait({generation}, timeout=CANCEL_POLL_S)
+            if done:
+                return generation.result()
+            if await self.broker.cancel_requested(turn.id):
+                generation.cancel()
+                await asyncio.gather(generation, return_exceptions=True)
+                raise TurnCancelled
+            if time.monotonic() >= next_heartbeat:
+                try:
+                    await self.broker.heartbeat(job)
+                except JobLost:
+                    generation.cancel()
+                    await asyncio.gather(generation, return_exceptions=True)
+                    raise
+                next_heartbeat = time.monotonic() + self.settings.job_visibility_timeout_s / 3
+
+    async def _stream(
+        self, provider: Provider, request: CompletionRequest, turn_id: str, text: list[str]
+    ) -> Finish:
+        async for item in provider.stream(request):
+            if isinstance(item, TextDelta):
+                if item.text:
+                    text.append(item.text)
+                    await self.broker.publish(turn_id, "message.delta", {"text": item.text})
+            elif isinstance(item, Finish):
+                return item
+        raise ProviderError("The provider stream ended without finishing", kind="protocol")
+
+    async def _finish_completed(
+        self, turn: Turn, text: str, usage: Usage | None, history: Sequence[Message]
+    ) -> None:
+        if usage is None:
+            prompt = sum(estimate_tokens(m.content) for m in history)
+            usage = Usage(prompt_tokens=prompt, completion_tokens=estimate_tokens(text))
+        route = await self.registry.resolve(turn.model)
+        stored, message_id = await self._store(
+            turn,
+            status="completed",
+            text=text,
+            usage=UsageRecord(
+                id=new_id(),
+                tenant_id=turn.tenant_id,
+                user_id=turn.user_id,
+                turn_id=turn.id,
+                source="chat",
+                model=turn.model,
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                cost_usd=cost_usd(route, usage),
+            ),
+        )
+        payload = {
+            "message_id": message_id,
+            "usage": {
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+                "total_tokens": usage.total_tokens,
+            },
+        }
+        if stored:
+            await self._end(turn.id, "turn.completed", payload)
+
+    async def _finish_cancelled(self, turn: Turn, text: str) -> None:
+        stored, message_id = await self._store(turn, status="cancelled", text=text)
+        if stored:
+            await self._end(turn.id, "turn.cancelled", {"message_id": message_id})
+
+    async def _finish_failed(self, turn: Turn, code: str, detail: str) -> None:
+        stored, _ = await self._store(turn, status="failed", text="", error=(code, detail))
+        if stored:
+            await self._end(turn.id, "turn.failed", {"error": {"code": code, "message": detail}})
+
+    async def fail_abandoned(self, turn_id: str, detail: str) -> None:
+        """A turn whose job failed on every attempt ends `failed` instead of hanging."""
+        async with self.db.session() as session:
+            turn = await TurnRepository(session).turn(turn_id)
+        if turn is not None:
+            await self._finish_failed(turn, "turn_abandoned", detail)
+
+    async def _store(
+        self,
+        turn: Turn,
+        *,
+        status: str,
+        text: str,
+        usage: UsageRecord | None = None,
+        error: tuple[str, str] | None = None,
+    ) -> tuple[bool, str | None]:
+        """Commit the outcome in one transaction; returns (stored, assistant message id).
+        Idempotent on the turn: a second run of the same turn finds it ended (or hits the
+        unique turn_id) and stores nothing."""
+        now = utcnow()
+        message_id = new_id() if text else None
+        async with self.db.session() as session:
+            repo = TurnRepository(session)
+            ended = await repo.finish(
+                turn.id,
+                status=status,
+                when=now,
+                error_code=error[0] if error else None,
+                error_message=error[1] if error else None,
+                assistant_message_id=message_id,
+            )
+            if not ended:
+                return False, None
+            if message_id is not None:
+                session.add(
+                    Message(
+                        id=message_id,
+                        conversation_id=turn.conversation_id,
+                        tenant_id=turn.tenant_id,
+                        seq=await next_seq(session, turn.conversation_id),
+                        role="assistant",
+                        content=text,
+                        turn_id=turn.id,
+                        created_at=now,
+                    )
+                )
+            if usage is not None:
+                session.add(usage)
+            conversation = await session.get(Conversation, turn.conversation_id)
+            if conversation is not None:
+                conversation.updated_at = now
+            try:
+                await session.commit()
+            except IntegrityError:
+                await session.rollback()
+                log.info("turn_already_stored")
+                return False, None
+        return True, message_id
+
+    async def _end(self, turn_id: str, event: str, data: dict[str, Any]) -> None:
+        await self.broker.publish(turn_id, event, data)
+        await self.broker.expire(turn_id, self.settings.turn_events_ttl_s)
+        log.info("turn_ended", outcome=event)

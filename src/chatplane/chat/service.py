@@ -1,0 +1,206 @@
+"""The rules of conversations and turns (no HTTP here)."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import orjson
+import structlog
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from chatplane.auth.principal import Principal
+from chatplane.broker.protocol import Broker
+from chatplane.chat.models import Conversation, Message, Turn
+from chatplane.chat.repository import ChatRepository, messages_of, next_seq
+from chatplane.db.base import new_id, utcnow
+from chatplane.db.engine import Database
+from chatplane.errors import BadRequest, ChatplaneError, NotFound, ServiceUnavailable
+from chatplane.providers.registry import ModelRegistry
+
+log = structlog.get_logger("chatplane.chat")
+
+DEFAULT_TITLE = "New chat"
+TITLE_FROM_MESSAGE_CHARS = 60
+TURN_JOB = "turn"
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationView:
+    conversation: Conversation
+    messages: Sequence[Message]
+    active_turn_id: str | None
+
+
+def encode_cursor(conversation: Conversation) -> str:
+    raw = orjson.dumps([conversation.updated_at.isoformat(), conversation.id])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        updated_at, conversation_id = orjson.loads(raw)
+        return datetime.fromisoformat(updated_at), str(conversation_id)
+    except (ValueError, TypeError) as exc:
+        raise BadRequest("The cursor is not valid", code="invalid_cursor", field="cursor") from exc
+
+
+def title_from(content: str) -> str:
+    line = " ".join(content.split())
+    if len(line) <= TITLE_FROM_MESSAGE_CHARS:
+        return line or DEFAULT_TITLE
+    return line[:TITLE_FROM_MESSAGE_CHARS].rsplit(" ", 1)[0] + "…"
+
+
+class ChatService:
+    def __init__(self, db: Database, broker: Broker, registry: ModelRegistry) -> None:
+        self.db = db
+        self.broker = broker
+        self.registry = registry
+
+    async def _model(self, name: str | None) -> str:
+        route = await self.registry.resolve(name or self.registry.default_model)
+        return route.name
+
+    async def create_conversation(
+        self, principal: Principal, *, title: str | None, model: str | None
+    ) -> Conversation:
+        now = utcnow()
+        conversation = Conversation(
+            id=new_id(),
+            tenant_id=principal.tenant_id,
+            user_id=principal.user_id,
+            title=(title or "").strip() or DEFAULT_TITLE,
+            model=await self._model(model),
+            created_at=now,
+            updated_at=now,
+        )
+        async with self.db.session() as session:
+            session.add(conversation)
+            await session.commit()
+        return conversation
+
+    async def list_conversations(
+        self, principal: Principal, *, limit: int, cursor: str | None
+    ) -> tuple[Sequence[Conversation], str | None]:
+        before = decode_cursor(cursor) if cursor else None
+        async with self.db.session() as session:
+            repo = _repo(session, principal)
+            page = await repo.conversations_page(limit=limit + 1, before=before)
+        items = page[:limit]
+        next_cursor = encode_cursor(items[-1]) if len(page) > limit else None
+        return items, next_cursor
+
+    async def get_conversation(
+        self, principal: Principal, conversation_id: str
+    ) -> ConversationView:
+        async with self.db.session() as session:
+            repo = _repo(session, principal)
+            conversation = await _require(repo, conversation_id)
+            messages = await messages_of(session, conversation_id)
+            active = await repo.active_turn_id(conversation_id)
+        return ConversationView(conversation, messages, active)
+
+    async def rename_conversation(
+        self, principal: Principal, conversation_id: str, title: str
+    ) -> Conversation:
+        title = title.strip()
+        if not title:
+            raise BadRequest("The title is empty", code="validation_error", field="title")
+        async with self.db.session() as session:
+            conversation = await _require(_repo(session, principal), conversation_id)
+            conversation.title = title
+            conversation.updated_at = utcnow()
+            await session.commit()
+        return conversation
+
+    async def delete_conversation(self, principal: Principal, conversation_id: str) -> None:
+        async with self.db.session() as session:
+            repo = _repo(session, principal)
+            active = await repo.active_turn_id(conversation_id)
+            if not await repo.delete_conversation(conversation_id):
+                raise NotFound("No such conversation", code="conversation_not_found")
+            await session.commit()
+        if active is not None:
+            await self.broker.request_cancel(active)
+
+    async def post_message(
+        self, principal: Principal, conversation_id: str, *, content: str, model: str | None
+    ) -> Turn:
+        now = utcnow()
+        async with self.db.session() as session:
+            conversation = await _require(_repo(session, principal), conversation_id)
+            model_name = await self._model(model or conversation.model)
+            seq = await next_seq(session, conversation_id)
+            message = Message(
+                id=new_id(),
+                conversation_id=conversation_id,
+                tenant_id=principal.tenant_id,
+                seq=seq,
+                role="user",
+                content=content,
+                created_at=now,
+            )
+            turn = Turn(
+                id=new_id(),
+                conversation_id=conversation_id,
+                tenant_id=principal.tenant_id,
+                user_id=principal.user_id,
+                user_message_id=message.id,
+                model=model_name,
+                status="queued",
+                attempts=0,
+                created_at=now,
+            )
+            if seq == 1 and conversation.title == DEFAULT_TITLE:
+                conversation.title = title_from(content)
+            conversation.updated_at = now
+            session.add_all([message, turn])
+            await session.commit()
+        try:
+            await self.broker.publish(turn.id, "turn.queued", {"turn_id": turn.id})
+            await self.broker.enqueue(TURN_JOB, {"turn_id": turn.id})
+        except ChatplaneError as exc:
+            await self._fail_unqueued(turn, exc)
+            raise ServiceUnavailable(
+                "The turn could not be queued; retry shortly", retry_after=2
+            ) from exc
+        return turn
+
+    async def _fail_unqueued(self, turn: Turn, exc: ChatplaneError) -> None:
+        log.error("turn_enqueue_failed", turn_id=turn.id, error=exc.detail)
+        async with self.db.session() as session:
+            stored = await session.get(Turn, turn.id)
+            if stored is not None and stored.status == "queued":
+                stored.status = "failed"
+                stored.error_code = "broker_unavailable"
+                stored.error_message = "The turn could not be queued"
+                stored.finished_at = utcnow()
+                await session.commit()
+
+    async def get_turn(self, principal: Principal, turn_id: str) -> Turn:
+        async with self.db.session() as session:
+            turn = await _repo(session, principal).turn(turn_id)
+        if turn is None:
+            raise NotFound("No such turn", code="turn_not_found")
+        return turn
+
+    async def cancel_turn(self, principal: Principal, turn_id: str) -> Turn:
+        turn = await self.get_turn(principal, turn_id)
+        if turn.status in ("queued", "running"):
+            await self.broker.request_cancel(turn_id)
+        return turn
+
+
+def _repo(session: AsyncSession, principal: Principal) -> ChatRepository:
+    return ChatRepository(session, tenant_id=principal.tenant_id, user_id=principal.user_id)
+
+
+async def _require(repo: ChatRepository, conversation_id: str) -> Conversation:
+    conversation = await repo.conversation(conversation_id)
+    if conversation is None:
+        raise NotFound("No such conversation", code="conversation_not_found")
+    return conversation

@@ -1,0 +1,110 @@
+"""Claims turn jobs from the broker and runs them with bounded concurrency.
+
+The same class runs inside `chatplane serve` (embedded shape) and `chatplane worker`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+
+import structlog
+
+from chatplane.broker.protocol import Broker, Job
+from chatplane.chat.runner import TurnRunner
+from chatplane.errors import ServiceUnavailable
+
+log = structlog.get_logger("chatplane.worker")
+
+CLAIM_WAIT_S = 1.0
+BROKER_RETRY_S = 1.0
+
+
+def consumer_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class TurnWorker:
+    def __init__(
+        self,
+        broker: Broker,
+        runner: TurnRunner,
+        *,
+        concurrency: int,
+        max_attempts: int,
+        consumer: str | None = None,
+    ) -> None:
+        self.broker = broker
+        self.runner = runner
+        self.max_attempts = max_attempts
+        self.consumer = consumer or consumer_name()
+        self._slots = asyncio.Semaphore(concurrency)
+        self._running: dict[asyncio.Task[None], Job] = {}
+        self._loop_task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+
+    @property
+    def running_turns(self) -> int:
+        return len(self._running)
+
+    def start(self) -> None:
+        if self._loop_task is None:
+            self._loop_task = asyncio.create_task(self._claim_loop(), name="turn-claim-loop")
+
+    async def _claim_loop(self) -> None:
+        while not self._stopping.is_set():
+            await self._slots.acquire()
+            try:
+                job = await self.broker.claim(self.consumer, timeout_s=CLAIM_WAIT_S)
+            except ServiceUnavailable as exc:
+                self._slots.release()
+                log.warning("broker_unavailable", error=exc.detail)
+                await asyncio.sleep(BROKER_RETRY_S)
+                continue
+            except BaseException:
+                self._slots.release()
+                raise
+            if job is None:
+                self._slots.release()
+                continue
+            task = asyncio.create_task(self._run(job), name=f"turn-{job.id}")
+            self._running[task] = job
+            task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._running.pop(task, None)
+        self._slots.release()
+
+    async def _run(self, job: Job) -> None:
+        try:
+            await self.runner.run(job)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the job survives: handed back now, or failed on its last try
+            log.exception("turn_run_crashed", job_id=job.id, attempt=job.attempt)
+            if job.attempt >= self.max_attempts:
+                await self.runner.fail_abandoned(
+                    str(job.payload.get("turn_id")), f"The turn failed {job.attempt} times"
+                )
+                await self.broker.ack(job)
+            else:
+                await self.broker.release(job)
+            return
+        await self.broker.ack(job)
+
+    async def stop(self, *, deadline_s: float) -> None:
+        """Stop claiming, let running turns finish within the deadline, hand back the rest."""
+        self._stopping.set()
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+        pending = dict(self._running)
+        if pending:
+            _, still = await asyncio.wait(pending, timeout=deadline_s)
+            for task in still:
+                task.cancel()
+            await asyncio.gather(*still, return_exceptions=True)
+            for task in still:
+                with contextlib.suppress(Exception):
+                    await self.broker.release(pending[task])

@@ -1,0 +1,86 @@
+"""The services of one process, built once from Settings (the composition root's parts)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import aiohttp
+import structlog
+from fastapi import Request
+
+from chatplane.auth.secrets import Passwords
+from chatplane.auth.service import AuthService
+from chatplane.broker import create_broker
+from chatplane.broker.protocol import Broker
+from chatplane.chat.runner import TurnRunner
+from chatplane.chat.service import ChatService
+from chatplane.chat.worker import TurnWorker
+from chatplane.db import migrate
+from chatplane.db.engine import Database, create_engine
+from chatplane.providers.http import create_upstream_session
+from chatplane.providers.registry import ModelRegistry, build_registry
+from chatplane.settings import Settings
+from chatplane.usage.recorder import UsageRecorder
+
+log = structlog.get_logger("chatplane")
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    broker: Broker
+    http: aiohttp.ClientSession
+    registry: ModelRegistry
+    auth: AuthService
+    chat: ChatService
+    runner: TurnRunner
+    usage: UsageRecorder
+    worker: TurnWorker | None = None
+
+    async def close(self, *, drain_s: float = 5.0) -> None:
+        if self.worker is not None:
+            await self.worker.stop(deadline_s=drain_s)
+        await self.usage.close()
+        await self.registry.close()
+        await self.http.close()
+        await self.broker.close()
+        await self.db.close()
+
+
+async def build_services(settings: Settings, *, run_turns: bool | None = None) -> Services:
+    """Open every part. Turns run in this process in the embedded shape (no Redis)."""
+    if settings.is_embedded_db:
+        await migrate.upgrade(settings.resolved_database_url)
+    db = Database(create_engine(settings))
+    broker = create_broker(settings)
+    await broker.start()
+    http = create_upstream_session(settings)
+    registry = await build_registry(settings, http)
+    runner = TurnRunner(db, broker, registry, settings)
+    services = Services(
+        settings=settings,
+        db=db,
+        broker=broker,
+        http=http,
+        registry=registry,
+        auth=AuthService(db, settings, Passwords(settings)),
+        chat=ChatService(db, broker, registry),
+        runner=runner,
+        usage=UsageRecorder(db),
+    )
+    services.usage.start()
+    if run_turns if run_turns is not None else settings.redis_url is None:
+        services.worker = TurnWorker(
+            broker,
+            runner,
+            concurrency=settings.turn_concurrency,
+            max_attempts=settings.turn_max_attempts,
+        )
+        services.worker.start()
+    return services
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services

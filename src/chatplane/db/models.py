@@ -1,0 +1,18 @@
+"""Every table, imported in one place for Alembic and the metadata."""
+
+from chatplane.auth.models import ApiKey, Tenant, User, WebSession
+from chatplane.chat.models import Conversation, Message, Turn
+from chatplane.db.base import Base
+from chatplane.usage.models import UsageRecord
+
+__all__ = [
+    "ApiKey",
+    "Base",
+    "Conversation",
+    "Message",
+    "Tenant",
+    "Turn",
+    "UsageRecord",
+    "User",
+    "WebSession",
+]

@@ -1,0 +1,271 @@
+"""The OpenAI-compatible gateway: `/v1/chat/completions` and `/v1/models`.
+
+A direct path with no queue. The routes are plain ASGI apps (no pydantic, no dependency
+chain, no per-chunk objects): OpenAI-compatible upstreams are streamed through byte for
+byte; other providers are written in OpenAI's wire format from pre-built chunk parts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import orjson
+import structlog
+from fastapi import FastAPI
+from starlette.routing import Route
+from starlette.types import Message, Receive, Scope, Send
+
+from chatplane.auth.deps import bearer_token
+from chatplane.auth.principal import Principal
+from chatplane.container import Services
+from chatplane.errors import ChatplaneError, ProviderError, Unauthorized
+from chatplane.gateway.request import GatewayRequest, parse_request
+from chatplane.gateway.stream import (
+    DONE,
+    TAIL_BYTES,
+    ChunkWriter,
+    error_event,
+    usage_from_json,
+    usage_from_tail,
+)
+from chatplane.http.problems import error_response
+from chatplane.providers.openai import OpenAIProvider
+from chatplane.providers.protocol import Finish, StreamItem, TextDelta, Usage
+from chatplane.providers.registry import ModelRoute, cost_usd
+from chatplane.providers.tokens import estimate_prompt_tokens, estimate_tokens
+
+log = structlog.get_logger("chatplane.gateway")
+
+SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+async def _authenticate(services: Services, scope: Scope) -> Principal:
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            token = bearer_token(value.decode("latin-1"))
+            if token:
+                return await services.auth.authenticate_bearer(token)
+    raise Unauthorized("Send an API key as 'Authorization: Bearer cp_...'", code="missing_api_key")
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise asyncio.CancelledError
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def _until_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _send_error(scope: Scope, receive: Receive, send: Send, exc: ChatplaneError) -> None:
+    await error_response("/v1/", exc)(scope, receive, send)
+
+
+async def _abort_on_disconnect(receive: Receive, work: Awaitable[None]) -> None:
+    """Run `work`; if the client goes away first, cancel it (and with it the upstream)."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_until_disconnect(receive))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await asyncio.gather(watcher, return_exceptions=True)
+
+
+class ChatCompletions:
+    """`POST /v1/chat/completions`."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        services: Services = scope["app"].state.services
+        try:
+            principal = await _authenticate(services, scope)
+            request = parse_request(await _read_body(receive))
+            route = await services.registry.resolve(request.model)
+        except ChatplaneError as exc:
+            await _send_error(scope, receive, send, exc)
+            return
+        call = _Call(services, principal, request, route, send)
+        runner: Callable[[], Awaitable[None]]
+        if route.kind == "openai" and isinstance(route.provider, OpenAIProvider):
+            runner = call.passthrough
+        else:
+            runner = call.translated
+        try:
+            await _abort_on_disconnect(receive, runner())
+        except ChatplaneError as exc:
+            if not call.started:
+                await _send_error(scope, receive, send, exc)
+
+
+class _Call:
+    def __init__(
+        self,
+        services: Services,
+        principal: Principal,
+        request: GatewayRequest,
+        route: ModelRoute,
+        send: Send,
+    ) -> None:
+        self.services = services
+        self.principal = principal
+        self.request = request
+        self.route = route
+        self._send = send
+        self.started = False
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+        await self._send(message)
+
+    async def _start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        await self.send({"type": "http.response.start", "status": status, "headers": headers})
+
+    async def _body(self, body: bytes, *, more: bool) -> None:
+        await self.send({"type": "http.response.body", "body": body, "more_body": more})
+
+    def _record(self, usage: Usage | None) -> None:
+        if usage is None:
+            usage = Usage(
+                prompt_tokens=estimate_prompt_tokens(self.request.messages), completion_tokens=0
+            )
+        self.services.usage.record(
+            tenant_id=self.principal.tenant_id,
+            user_id=self.principal.user_id,
+            api_key_id=self.principal.api_key_id,
+            model=self.route.name,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            cost_usd=cost_usd(self.route, usage),
+        )
+
+    # OpenAI-compatible upstreams: bytes through, usage from the last event.
+
+    def _upstream_body(self) -> bytes:
+        body = {k: v for k, v in self.request.body.items() if k != "chatplane"}
+        body["model"] = self.route.upstream_model
+        if self.request.stream and not self.request.include_usage:
+            # Needed for accounting; the SDKs skip the extra usage chunk.
+            body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        return orjson.dumps(body)
+
+    async def passthrough(self) -> None:
+        assert isinstance(self.route.provider, OpenAIProvider)
+        response = await self.route.provider.open_chat_completions(self._upstream_body())
+        try:
+            content_type = response.headers.get("content-type", "application/json").encode()
+            await self._start(response.status, [(b"content-type", content_type), *SSE_HEADERS[1:]])
+            if not self.request.stream or response.status != 200:
+                body = await response.read()
+                await self._body(body, more=False)
+                if response.status == 200:
+                    self._record(usage_from_json(body))
+                return
+            tail = b""
+            async for chunk in response.content.iter_any():
+                await self._body(chunk, more=True)
+                tail = (tail + chunk)[-TAIL_BYTES:]
+            await self._body(b"", more=False)
+            self._record(usage_from_tail(tail))
+        finally:
+            response.release()
+
+    # Other providers: written in OpenAI's format here.
+
+    async def translated(self) -> None:
+        writer = ChunkWriter(self.request.model)
+        completion = self.request.completion(self.route.upstream_model)
+        items = self.route.provider.stream(completion)
+        if not self.request.stream:
+            await self._complete(writer, items)
+            return
+        text_len = 0
+        finish = Finish()
+        try:
+            async for item in items:
+                if isinstance(item, TextDelta):
+                    if not self.started:
+                        await self._start(200, SSE_HEADERS)
+                        await self._body(writer.role(), more=True)
+                    text_len += len(item.text)
+                    await self._body(writer.delta(item.text), more=True)
+                elif isinstance(item, Finish):
+                    finish = item
+        except ProviderError as exc:
+            if not self.started:
+                raise
+            log.warning("gateway_stream_failed", kind=exc.kind, detail=exc.detail)
+            await self._body(error_event(exc.code, exc.detail) + DONE, more=False)
+            return
+        if not self.started:
+            await self._start(200, SSE_HEADERS)
+            await self._body(writer.role(), more=True)
+        usage = finish.usage or self._estimate(text_len)
+        tail = writer.finish(finish.reason)
+        if self.request.include_usage:
+            tail += writer.usage(usage)
+        await self._body(tail + DONE, more=False)
+        self._record(usage)
+
+    async def _complete(self, writer: ChunkWriter, items: AsyncIterator[StreamItem]) -> None:
+        parts: list[str] = []
+        finish = Finish()
+        async for item in items:
+            if isinstance(item, TextDelta):
+                parts.append(item.text)
+            elif isinstance(item, Finish):
+                finish = item
+        text = "".join(parts)
+        usage = finish.usage or self._estimate(len(text), text)
+        await self._start(200, JSON_HEADERS)
+        await self._body(writer.completion(text, finish.reason, usage), more=False)
+        self._record(usage)
+
+    def _estimate(self, text_len: int, text: str | None = None) -> Usage:
+        completion = estimate_tokens(text) if text is not None else max(1, (text_len + 3) // 4)
+        return Usage(
+            prompt_tokens=estimate_prompt_tokens(self.request.messages),
+            completion_tokens=completion if text_len else 0,
+        )
+
+
+class Models:
+    """`GET /v1/models`."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        services: Services = scope["app"].state.services
+        try:
+            await _authenticate(services, scope)
+        except ChatplaneError as exc:
+            await _send_error(scope, receive, send, exc)
+            return
+        data = [
+            {"id": route.name, "object": "model", "created": 0, "owned_by": route.owned_by}
+            for route in services.registry.models()
+        ]
+        body = orjson.dumps({"object": "list", "data": data})
+        await send({"type": "http.response.start", "status": 200, "headers": JSON_HEADERS})
+        await send({"type": "http.response.body", "body": body})
+
+
+def install_gateway(app: FastAPI) -> None:
+    app.router.routes.append(Route("/v1/chat/completions", ChatCompletions(), methods=["POST"]))
+    app.router.routes.append(Route("/v1/models", Models(), methods=["GET"]))

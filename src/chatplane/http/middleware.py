@@ -1,0 +1,112 @@
+"""Pure ASGI middleware (no BaseHTTPMiddleware): request ids, body size limit, headers."""
+
+from __future__ import annotations
+
+import secrets
+
+import structlog
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from chatplane.errors import PayloadTooLarge
+from chatplane.http.problems import error_response
+
+REQUEST_ID_HEADER = b"x-request-id"
+SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"same-origin"),
+    (b"x-frame-options", b"DENY"),
+]
+CSP = (
+    b"default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+    b"connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class HttpMiddleware:
+    """Gives every request an id (from `X-Request-ID` or new), echoes it, binds it to logs,
+    refuses bodies over the limit with 413, and adds security headers."""
+
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = _request_id(scope)
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        path: str = scope["path"]
+
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_body_bytes:
+            await self._too_large(path, send, request_id)
+            return
+
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise BodyTooLarge
+            return message
+
+        is_html = not path.startswith(("/api/", "/v1/"))
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                headers = list(message.get("headers", []))
+                headers.append((REQUEST_ID_HEADER, request_id.encode()))
+                headers.extend(SECURITY_HEADERS)
+                if is_html:
+                    headers.append((b"content-security-policy", CSP))
+                message["headers"] = headers
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, send_with_headers)
+        except BodyTooLarge:
+            if not started:
+                await self._too_large(path, send, request_id)
+
+    async def _too_large(self, path: str, send: Send, request_id: str) -> None:
+        exc = PayloadTooLarge(f"The request body is over {self.max_body_bytes // 1024} KB")
+        response = error_response(path, exc)
+        response.headers["x-request-id"] = request_id
+        response.headers["connection"] = "close"
+        await response({"type": "http"}, _no_receive, send)
+
+
+async def _no_receive() -> Message:  # pragma: no cover - never awaited for a plain response
+    return {"type": "http.disconnect"}
+
+
+def _request_id(scope: Scope) -> str:
+    for name, value in scope["headers"]:
+        if name == REQUEST_ID_HEADER:
+            text: str = value.decode("latin-1")
+            if 0 < len(text) <= 128 and text.isprintable():
+                return text
+            break
+    return secrets.token_hex(12)
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None

@@ -1,0 +1,24 @@
+"""Usage records: one per chat turn or gateway call."""
+
+from __future__ import annotations
+
+from sqlalchemy import Index, Integer, Numeric, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from chatplane.db.base import Base, CreatedMixin, IdMixin
+
+
+class UsageRecord(IdMixin, CreatedMixin, Base):
+    __tablename__ = "usage_records"
+    __table_args__ = (Index("ix_usage_tenant_created", "tenant_id", "created_at"),)
+
+    tenant_id: Mapped[str] = mapped_column(String(32))
+    user_id: Mapped[str | None] = mapped_column(String(32))
+    api_key_id: Mapped[str | None] = mapped_column(String(32))
+    # Unique: a turn's usage is recorded exactly once, whatever retries happen.
+    turn_id: Mapped[str | None] = mapped_column(String(32), unique=True)
+    source: Mapped[str] = mapped_column(String(16))  # "chat" | "gateway"
+    model: Mapped[str] = mapped_column(String(200))
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    cost_usd: Mapped[float] = mapped_column(Numeric(14, 8, asdecimal=False), default=0.0)

@@ -1,0 +1,93 @@
+"""Writes gateway usage to the database in batches, off the request path."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import structlog
+from sqlalchemy import insert
+
+from chatplane.db.base import new_id, utcnow
+from chatplane.db.engine import Database
+from chatplane.errors import ServiceUnavailable
+from chatplane.usage.models import UsageRecord
+
+log = structlog.get_logger("chatplane.usage")
+
+FLUSH_INTERVAL_S = 0.5
+MAX_BATCH = 500
+MAX_BACKLOG = 100_000
+
+
+class UsageRecorder:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._pending: list[dict[str, object]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.dropped = 0
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._flush_loop(), name="usage-recorder")
+
+    def record(
+        self,
+        *,
+        tenant_id: str,
+        user_id: str | None,
+        api_key_id: str | None,
+        model: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cost_usd: float,
+        source: str = "gateway",
+    ) -> None:
+        if len(self._pending) >= MAX_BACKLOG:
+            self.dropped += 1
+            return
+        self._pending.append(
+            {
+                "id": new_id(),
+                "created_at": utcnow(),
+                "tenant_id": tenant_id,
+                "user_id": user_id,
+                "api_key_id": api_key_id,
+                "turn_id": None,
+                "source": source,
+                "model": model,
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "cost_usd": cost_usd,
+            }
+        )
+        if len(self._pending) >= MAX_BATCH:
+            self._wake.set()
+
+    async def _flush_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(FLUSH_INTERVAL_S):
+                    await self._wake.wait()
+            self._wake.clear()
+            await self.flush()
+
+    async def flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+            try:
+                async with self.db.session() as session:
+                    await session.execute(insert(UsageRecord), batch)
+                    await session.commit()
+            except ServiceUnavailable:
+                self._pending[:0] = batch  # keep it for the next flush
+                log.warning("usage_flush_deferred", pending=len(self._pending))
+                return
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        await self.flush()

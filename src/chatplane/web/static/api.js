@@ -1,0 +1,104 @@
+// The chatplane HTTP API as the web app uses it: session cookie + CSRF header, JSON problems.
+
+const CSRF_COOKIE = "chatplane_csrf";
+
+/** An error answer from the API, carrying the JSON problem fields. */
+export class ApiError extends Error {
+  constructor(status, problem) {
+    const title = problem?.title || `Request failed (${status})`;
+    super(problem?.detail || title);
+    this.name = "ApiError";
+    this.status = status;
+    this.code = problem?.code || "http_error";
+    this.title = title;
+    this.detail = problem?.detail || "";
+    this.errors = Array.isArray(problem?.errors) ? problem.errors : [];
+  }
+
+  /** One line for a toast: the detail, else the title with the first validation error. */
+  get userMessage() {
+    if (this.detail) return this.detail;
+    const first = this.errors[0];
+    const msg = first?.message || first?.msg || "";
+    const where = first?.field || (Array.isArray(first?.loc) ? first.loc.join(".") : "");
+    return msg ? `${this.title} (${where ? `${where}: ` : ""}${msg})` : this.title;
+  }
+}
+
+function readCookie(name) {
+  for (const part of document.cookie.split(";")) {
+    const [key, ...rest] = part.trim().split("=");
+    if (key === name) return decodeURIComponent(rest.join("="));
+  }
+  return "";
+}
+
+/** Listeners told when the session is gone (401), so the app can show the login view. */
+const unauthorizedListeners = new Set();
+export function onUnauthorized(listener) {
+  unauthorizedListeners.add(listener);
+}
+
+async function request(method, path, { body, quiet401 = false, signal } = {}) {
+  const headers = { Accept: "application/json" };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  if (method !== "GET" && method !== "HEAD") headers["X-CSRF-Token"] = readCookie(CSRF_COOKIE);
+
+  let response;
+  try {
+    response = await fetch(path, {
+      method,
+      headers,
+      credentials: "same-origin",
+      body: body === undefined ? undefined : JSON.stringify(body),
+      signal,
+    });
+  } catch (err) {
+    if (err?.name === "AbortError") throw err;
+    throw new ApiError(0, {
+      code: "network_error",
+      title: "Network error",
+      detail: "Could not reach the server. Check your connection and try again.",
+    });
+  }
+
+  if (response.status === 204) return null;
+  const isJson = (response.headers.get("Content-Type") || "").includes("json");
+  const payload = isJson ? await response.json().catch(() => null) : null;
+  if (!response.ok) {
+    const error = new ApiError(response.status, payload);
+    if (response.status === 401 && !quiet401) unauthorizedListeners.forEach((fn) => fn(error));
+    throw error;
+  }
+  return payload;
+}
+
+const enc = encodeURIComponent;
+
+export const api = {
+  login: (email, password) =>
+    request("POST", "/api/auth/login", { body: { email, password }, quiet401: true }),
+  logout: () => request("POST", "/api/auth/logout"),
+  me: () => request("GET", "/api/auth/me", { quiet401: true }),
+
+  models: () => request("GET", "/api/models"),
+
+  listConversations: ({ limit = 20, cursor = null } = {}) => {
+    const query = new URLSearchParams({ limit: String(limit) });
+    if (cursor) query.set("cursor", cursor);
+    return request("GET", `/api/conversations?${query}`);
+  },
+  createConversation: (fields) => request("POST", "/api/conversations", { body: fields }),
+  getConversation: (id) => request("GET", `/api/conversations/${enc(id)}`),
+  renameConversation: (id, title) =>
+    request("PATCH", `/api/conversations/${enc(id)}`, { body: { title } }),
+  deleteConversation: (id) => request("DELETE", `/api/conversations/${enc(id)}`),
+
+  sendMessage: (conversationId, content, model) =>
+    request("POST", `/api/conversations/${enc(conversationId)}/messages`, {
+      body: model ? { content, model } : { content },
+    }),
+  getTurn: (turnId) => request("GET", `/api/turns/${enc(turnId)}`),
+  cancelTurn: (turnId) => request("POST", `/api/turns/${enc(turnId)}/cancel`),
+  turnEventsUrl: (turnId) => `/api/turns/${enc(turnId)}/events`,
+};

@@ -1,0 +1,544 @@
+// chatplane web app: login, conversation list, chat thread with streamed answers.
+
+import { ApiError, api, onUnauthorized } from "./api.js";
+import { Sidebar, titleOf } from "./sidebar.js";
+import { followTurn } from "./stream.js";
+import { Thread } from "./thread.js";
+import { $, confirmDialog, toast, toastError } from "./ui.js";
+
+const PAGE_SIZE = 20;
+const MODEL_KEY = "chatplane.model";
+
+const state = {
+  user: null,
+  models: [],
+  defaultModel: "",
+  conversationId: null, // the open conversation
+  conversation: null,
+  live: null, // {turnId, conversationId, stream, message, cancelling}
+  sending: false, // a message is on its way (before the turn stream opens)
+  openSeq: 0, // guards against out-of-order conversation loads
+};
+
+const thread = new Thread();
+const sidebar = new Sidebar({
+  onRename: renameConversation,
+  onDelete: deleteConversation,
+  onLoadMore: loadMoreConversations,
+  onNavigate: closeDrawer,
+});
+
+// ---------------------------------------------------------------- views
+
+function showView(name) {
+  $("boot").hidden = true;
+  $("login-view").hidden = name !== "login";
+  $("chat-view").hidden = name !== "chat";
+  document.body.dataset.view = name;
+}
+
+function showLogin(message = "") {
+  stopFollowing();
+  state.user = null;
+  state.conversationId = null;
+  state.conversation = null;
+  sidebar.reset();
+  thread.clear();
+  showView("login");
+  setLoginError(message);
+  $("login-password").value = "";
+  $("login-email").focus();
+}
+
+function setLoginError(message) {
+  const box = $("login-error");
+  box.textContent = message;
+  box.hidden = !message;
+}
+
+async function showChat(user) {
+  state.user = user;
+  $("user-email").textContent = user.email;
+  $("user-avatar").textContent = (user.email || "?").slice(0, 1).toUpperCase();
+  showView("chat");
+  await Promise.all([loadModels(), loadConversations()]);
+  await openFromLocation();
+}
+
+// ---------------------------------------------------------------- auth
+
+async function onLoginSubmit(event) {
+  event.preventDefault();
+  const email = $("login-email").value.trim();
+  const password = $("login-password").value;
+  if (!email || !password) {
+    setLoginError("Enter your email and password.");
+    return;
+  }
+  const button = $("login-submit");
+  button.disabled = true;
+  button.textContent = "Signing in…";
+  setLoginError("");
+  try {
+    await api.login(email, password);
+    await showChat(await api.me());
+  } catch (error) {
+    if (error instanceof ApiError && error.code === "invalid_credentials") {
+      setLoginError("Incorrect email or password.");
+    } else if (error instanceof ApiError && error.status === 401) {
+      setLoginError(error.userMessage || "Incorrect email or password.");
+    } else {
+      setLoginError(error?.userMessage || "Could not sign in. Try again.");
+    }
+    $("login-password").select();
+  } finally {
+    button.disabled = false;
+    button.textContent = "Sign in";
+  }
+}
+
+async function logout() {
+  try {
+    await api.logout();
+  } catch (error) {
+    if (error?.status !== 401) {
+      toastError(error); // still signed in on the server: stay here
+      return;
+    }
+  }
+  history.replaceState(null, "", location.pathname);
+  showLogin();
+}
+
+// ---------------------------------------------------------------- models
+
+async function loadModels() {
+  try {
+    const answer = await api.models();
+    state.models = answer.models || [];
+    state.defaultModel = answer.default_model || state.models[0]?.id || "";
+  } catch (error) {
+    toastError(error);
+  }
+  const select = $("model-select");
+  select.replaceChildren(
+    ...state.models.map((m) => {
+      const option = document.createElement("option");
+      option.value = m.id;
+      option.textContent = m.id;
+      option.title = m.provider ? `${m.id} (${m.provider})` : m.id;
+      return option;
+    }),
+  );
+  select.disabled = state.models.length === 0;
+  setModel(localStorage.getItem(MODEL_KEY) || state.defaultModel);
+}
+
+function setModel(model) {
+  const select = $("model-select");
+  const known = state.models.some((m) => m.id === model);
+  if (model && !known && select.options.length) {
+    // A conversation may name a model that is no longer offered: show it anyway.
+    const option = document.createElement("option");
+    option.value = model;
+    option.textContent = `${model} (unavailable)`;
+    select.append(option);
+  }
+  select.value = known || model ? model : state.defaultModel;
+}
+
+function selectedModel() {
+  return $("model-select").value || undefined;
+}
+
+// ---------------------------------------------------------------- conversations
+
+async function loadConversations() {
+  try {
+    const page = await api.listConversations({ limit: PAGE_SIZE });
+    sidebar.setPage(page.items || [], page.next_cursor);
+  } catch (error) {
+    toastError(error);
+  }
+}
+
+async function loadMoreConversations() {
+  if (!sidebar.nextCursor) return;
+  const button = $("load-more");
+  button.disabled = true;
+  try {
+    const page = await api.listConversations({ limit: PAGE_SIZE, cursor: sidebar.nextCursor });
+    sidebar.setPage(page.items || [], page.next_cursor, { append: true });
+    sidebar.setActive(state.conversationId);
+  } catch (error) {
+    toastError(error);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+function conversationIdFromLocation() {
+  const match = location.hash.match(/^#\/c\/([^/?#]+)/);
+  return match ? decodeURIComponent(match[1]) : null;
+}
+
+async function openFromLocation() {
+  const id = conversationIdFromLocation();
+  if (id) await openConversation(id);
+  else showEmptyChat();
+}
+
+function showEmptyChat() {
+  stopFollowing();
+  state.conversationId = null;
+  state.conversation = null;
+  sidebar.setActive(null);
+  thread.clear();
+  $("conv-title").textContent = "New chat";
+  setModel(localStorage.getItem(MODEL_KEY) || state.defaultModel);
+  setComposerBusy(false);
+  focusComposer();
+}
+
+async function openConversation(id) {
+  if (id === state.conversationId && state.conversation) return;
+  stopFollowing();
+  const seq = ++state.openSeq;
+  state.conversationId = id;
+  state.conversation = null;
+  sidebar.setActive(id);
+  thread.clear();
+  $("conv-title").textContent = titleOf(sidebar.get(id));
+  setComposerBusy(false);
+
+  let conversation;
+  try {
+    conversation = await api.getConversation(id);
+  } catch (error) {
+    if (seq !== state.openSeq) return;
+    toastError(error);
+    if (error?.status === 404) {
+      sidebar.remove(id);
+      history.replaceState(null, "", location.pathname);
+      showEmptyChat();
+    }
+    return;
+  }
+  if (seq !== state.openSeq) return; // the user moved on meanwhile
+
+  state.conversation = conversation;
+  $("conv-title").textContent = titleOf(conversation);
+  if (conversation.model) setModel(conversation.model);
+  thread.showMessages(conversation.messages || []);
+  if (conversation.active_turn_id) {
+    // An answer is still being written (e.g. the page was reloaded mid-answer): replay its
+    // stream from the first event and follow the live tail.
+    follow(conversation.active_turn_id, id);
+  }
+  focusComposer();
+}
+
+async function newConversation() {
+  closeDrawer();
+  const button = $("new-chat");
+  button.disabled = true;
+  try {
+    const model = selectedModel();
+    const conversation = await api.createConversation(model ? { model } : {});
+    sidebar.upsert(conversation, { toTop: true });
+    navigateTo(conversation.id);
+    return conversation;
+  } catch (error) {
+    toastError(error);
+    return null;
+  } finally {
+    button.disabled = false;
+  }
+}
+
+function navigateTo(id) {
+  const hash = `#/c/${encodeURIComponent(id)}`;
+  if (location.hash === hash) openConversation(id);
+  else location.hash = hash; // hashchange opens it
+}
+
+async function renameConversation(id, title, previousTitle) {
+  try {
+    const updated = await api.renameConversation(id, title);
+    sidebar.upsert(updated);
+    if (id === state.conversationId) $("conv-title").textContent = titleOf(updated);
+  } catch (error) {
+    sidebar.upsert({ id, title: previousTitle });
+    toastError(error);
+  }
+}
+
+async function deleteConversation(conversation) {
+  const ok = await confirmDialog({
+    title: "Delete chat?",
+    text: `“${titleOf(conversation)}” and all its messages will be deleted. This cannot be undone.`,
+  });
+  if (!ok) return;
+  try {
+    await api.deleteConversation(conversation.id);
+  } catch (error) {
+    if (error?.status !== 404) {
+      toastError(error);
+      return;
+    }
+  }
+  sidebar.remove(conversation.id);
+  if (conversation.id === state.conversationId) {
+    history.replaceState(null, "", location.pathname);
+    showEmptyChat();
+  }
+  toast("Chat deleted", { kind: "info" });
+}
+
+/** Ask for the conversation again to pick up a title the server set from the first message. */
+async function refreshConversationMeta(id) {
+  try {
+    const fresh = await api.getConversation(id);
+    const { messages: _messages, ...meta } = fresh;
+    sidebar.upsert(meta);
+    if (id === state.conversationId) {
+      state.conversation = { ...state.conversation, ...meta };
+      $("conv-title").textContent = titleOf(fresh);
+    }
+  } catch {
+    // Only cosmetic; the list catches up on the next load.
+  }
+}
+
+// ---------------------------------------------------------------- sending and streaming
+
+async function sendMessage() {
+  const input = $("composer-input");
+  const content = input.value.trim();
+  if (!content || state.live || state.sending) return;
+  state.sending = true;
+  input.value = "";
+  autosize();
+  setComposerBusy(true);
+  try {
+    await deliver(content);
+  } finally {
+    state.sending = false;
+    if (!state.live) setComposerBusy(false);
+  }
+}
+
+async function deliver(content) {
+  const input = $("composer-input");
+  const restoreDraft = () => {
+    if (!input.value) input.value = content;
+    autosize();
+  };
+
+  let conversationId = state.conversationId;
+  if (!conversationId) {
+    const created = await newConversation();
+    if (!created) {
+      restoreDraft();
+      return;
+    }
+    conversationId = created.id;
+    await waitForOpen(conversationId);
+    setComposerBusy(true);
+  }
+
+  const userNode = thread.addUser(content);
+  let accepted;
+  try {
+    accepted = await api.sendMessage(conversationId, content, selectedModel());
+  } catch (error) {
+    userNode.remove();
+    thread.updateWelcome();
+    restoreDraft();
+    toastError(error);
+    return;
+  }
+  userNode.querySelector(".bubble").classList.remove("pending");
+  if (accepted.message_id) userNode.dataset.messageId = accepted.message_id;
+  localStorage.setItem(MODEL_KEY, selectedModel() || "");
+
+  sidebar.upsert({ id: conversationId, updated_at: new Date().toISOString() }, { toTop: true });
+  sidebar.setActive(state.conversationId);
+  if (conversationId === state.conversationId) {
+    follow(accepted.turn_id, conversationId, accepted.events_url);
+  }
+  refreshConversationMeta(conversationId);
+}
+
+/** Resolve once openConversation(id) has loaded (after a new chat was created). */
+function waitForOpen(id) {
+  return new Promise((resolve) => {
+    const started = Date.now();
+    const check = () => {
+      if ((state.conversationId === id && state.conversation) || Date.now() - started > 5000) {
+        resolve();
+      } else {
+        setTimeout(check, 20);
+      }
+    };
+    check();
+  });
+}
+
+function follow(turnId, conversationId, eventsUrl) {
+  stopFollowing();
+  const message = thread.addAssistant({ turnId });
+  const live = { turnId, conversationId, message, cancelling: false, stream: null };
+  state.live = live;
+  setComposerBusy(true);
+
+  live.stream = followTurn(turnId, {
+    url: eventsUrl,
+    onText: (text) => message.setText(text),
+    onStatus: (status) => message.setStatus(status === "running" ? "streaming" : status),
+    onReconnecting: (on) =>
+      message.setStatus(message.node.dataset.status, { reconnecting: on }),
+    onEnd: (end) => onTurnEnd(live, end),
+  });
+}
+
+async function onTurnEnd(live, end) {
+  if (state.live === live) state.live = null;
+  let text = end.text;
+  if (end.replayed && end.status === "completed") {
+    // The live stream was gone; take the stored answer from the conversation.
+    try {
+      const conversation = await api.getConversation(live.conversationId);
+      const stored = (conversation.messages || []).find((m) => m.id === end.messageId) ||
+        (conversation.messages || []).filter((m) => m.role === "assistant").at(-1);
+      if (stored) text = stored.content;
+    } catch (error) {
+      toastError(error);
+    }
+  }
+  live.message.finish({ ...end, text });
+  if (end.status === "failed") {
+    toast(`The answer failed: ${end.error?.message || end.error?.code || "unknown error"}`);
+  }
+  if (live.conversationId === state.conversationId) {
+    setComposerBusy(false);
+    focusComposer();
+    refreshConversationMeta(live.conversationId);
+  }
+}
+
+/** Stop listening (switching chats, logging out); the turn itself keeps running. */
+function stopFollowing() {
+  if (!state.live) return;
+  state.live.stream?.close();
+  state.live = null;
+  setComposerBusy(false);
+}
+
+async function stopAnswer() {
+  const live = state.live;
+  if (!live || live.cancelling) return;
+  live.cancelling = true;
+  $("stop").disabled = true;
+  try {
+    await api.cancelTurn(live.turnId);
+    // The stream ends with turn.cancelled and onTurnEnd re-enables the composer; should that
+    // event not arrive, ask the turn itself after a while.
+    setTimeout(() => {
+      if (state.live === live) live.stream.resync();
+    }, 5000);
+  } catch (error) {
+    live.cancelling = false;
+    $("stop").disabled = false;
+    if (error?.status !== 409) toastError(error);
+  }
+}
+
+// ---------------------------------------------------------------- composer
+
+function setComposerBusy(busy) {
+  $("send").hidden = busy;
+  $("stop").hidden = !busy;
+  $("stop").disabled = false;
+  $("composer").classList.toggle("busy", busy);
+  updateSendButton();
+}
+
+function updateSendButton() {
+  $("send").disabled = $("composer-input").value.trim().length === 0;
+}
+
+function autosize() {
+  const input = $("composer-input");
+  input.style.height = "auto"; // CSSOM, allowed by the CSP (unlike style="" attributes)
+  input.style.height = `${Math.min(input.scrollHeight, 240)}px`;
+  updateSendButton();
+}
+
+function focusComposer() {
+  // On phones focusing opens the keyboard; only do it where there is a fine pointer.
+  if (matchMedia("(pointer: fine)").matches) $("composer-input").focus();
+}
+
+function onComposerKeydown(event) {
+  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    event.preventDefault();
+    if (!state.live) sendMessage();
+  }
+}
+
+// ---------------------------------------------------------------- mobile drawer
+
+function openDrawer() {
+  document.body.classList.add("drawer-open");
+  $("scrim").hidden = false;
+}
+
+function closeDrawer() {
+  document.body.classList.remove("drawer-open");
+  $("scrim").hidden = true;
+}
+
+// ---------------------------------------------------------------- boot
+
+function wire() {
+  $("login-form").addEventListener("submit", onLoginSubmit);
+  $("logout").addEventListener("click", logout);
+  $("new-chat").addEventListener("click", newConversation);
+  $("new-chat-top").addEventListener("click", newConversation);
+  $("composer").addEventListener("submit", (event) => {
+    event.preventDefault();
+    sendMessage();
+  });
+  $("composer-input").addEventListener("keydown", onComposerKeydown);
+  $("composer-input").addEventListener("input", autosize);
+  $("stop").addEventListener("click", stopAnswer);
+  $("model-select").addEventListener("change", () => {
+    if (!state.conversationId) localStorage.setItem(MODEL_KEY, selectedModel() || "");
+  });
+  $("sidebar-open").addEventListener("click", openDrawer);
+  $("sidebar-close").addEventListener("click", closeDrawer);
+  $("scrim").addEventListener("click", closeDrawer);
+  document.addEventListener("keydown", (event) => {
+    if (event.key === "Escape" && document.body.classList.contains("drawer-open")) closeDrawer();
+  });
+  window.addEventListener("hashchange", () => {
+    if (state.user) openFromLocation();
+  });
+  onUnauthorized(() => {
+    if (state.user) showLogin("Your session has ended. Please sign in again.");
+  });
+}
+
+async function boot() {
+  wire();
+  try {
+    const user = await api.me();
+    await showChat(user);
+  } catch (error) {
+    if (error instanceof ApiError && error.status !== 401) toastError(error);
+    showLogin();
+  }
+}
+
+boot();

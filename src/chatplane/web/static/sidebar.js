@@ -1,0 +1,178 @@
+// The conversation list: newest first, "load more" by cursor, inline rename, delete.
+
+import { $, el, icon, shortDate } from "./ui.js";
+
+export const UNTITLED = "New chat";
+
+export function titleOf(conversation) {
+  const title = (conversation?.title || "").trim();
+  return title || UNTITLED;
+}
+
+export class Sidebar {
+  /**
+   * @param {{onRename: (id: string, title: string) => Promise<void>,
+   *          onDelete: (conversation: object) => void, onLoadMore: () => void,
+   *          onNavigate: () => void}} actions
+   */
+  constructor(actions) {
+    this.actions = actions;
+    this.items = [];
+    this.nextCursor = null;
+    this.activeId = null;
+    this.editingId = null;
+    this.list = $("conv-list");
+    $("load-more").addEventListener("click", () => this.actions.onLoadMore());
+  }
+
+  reset() {
+    this.items = [];
+    this.nextCursor = null;
+    this.activeId = null;
+    this.editingId = null;
+    this.render();
+  }
+
+  setPage(items, nextCursor, { append = false } = {}) {
+    const known = new Set(append ? this.items.map((c) => c.id) : []);
+    const fresh = items.filter((c) => !known.has(c.id));
+    this.items = append ? [...this.items, ...fresh] : items;
+    this.nextCursor = nextCursor || null;
+    this.render();
+  }
+
+  get(id) {
+    return this.items.find((c) => c.id === id) || null;
+  }
+
+  /** Insert or update a conversation; `toTop` moves it first (it was just active). */
+  upsert(conversation, { toTop = false } = {}) {
+    const index = this.items.findIndex((c) => c.id === conversation.id);
+    const merged = { ...(index >= 0 ? this.items[index] : {}), ...conversation };
+    if (index >= 0) this.items.splice(index, 1);
+    if (toTop || index < 0) this.items.unshift(merged);
+    else this.items.splice(index, 0, merged);
+    this.render();
+  }
+
+  remove(id) {
+    this.items = this.items.filter((c) => c.id !== id);
+    this.render();
+  }
+
+  setActive(id) {
+    this.activeId = id;
+    for (const item of this.list.children) {
+      const active = item.dataset.id === id;
+      item.classList.toggle("active", active);
+      item.querySelector(".conv-link")?.toggleAttribute("aria-current", active);
+    }
+  }
+
+  startRename(id) {
+    this.editingId = id;
+    this.render();
+  }
+
+  render() {
+    this.list.replaceChildren(...this.items.map((c) => this.renderItem(c)));
+    $("conv-empty").hidden = this.items.length > 0;
+    $("load-more").hidden = !this.nextCursor;
+    const input = this.list.querySelector(".rename-input");
+    if (input) {
+      input.focus();
+      input.select();
+    }
+  }
+
+  renderItem(conversation) {
+    const active = conversation.id === this.activeId;
+    const item = el("li", {
+      class: `conv-item${active ? " active" : ""}`,
+      dataset: { id: conversation.id },
+    });
+
+    if (conversation.id === this.editingId) {
+      item.append(this.renderRenameInput(conversation));
+      return item;
+    }
+
+    item.append(
+      el(
+        "a",
+        {
+          class: "conv-link",
+          href: `#/c/${encodeURIComponent(conversation.id)}`,
+          "aria-current": active ? "page" : null,
+          title: titleOf(conversation),
+          onclick: () => this.actions.onNavigate(),
+        },
+        el("span", { class: "conv-name" }, titleOf(conversation)),
+        el("span", { class: "conv-date" }, shortDate(conversation.updated_at || conversation.created_at)),
+      ),
+      el(
+        "div",
+        { class: "conv-actions" },
+        el(
+          "button",
+          {
+            class: "icon-btn icon-btn-sm conv-rename",
+            type: "button",
+            title: "Rename",
+            "aria-label": `Rename ${titleOf(conversation)}`,
+            onclick: () => this.startRename(conversation.id),
+          },
+          icon("pencil"),
+        ),
+        el(
+          "button",
+          {
+            class: "icon-btn icon-btn-sm conv-delete",
+            type: "button",
+            title: "Delete",
+            "aria-label": `Delete ${titleOf(conversation)}`,
+            onclick: () => this.actions.onDelete(conversation),
+          },
+          icon("trash"),
+        ),
+      ),
+    );
+    return item;
+  }
+
+  renderRenameInput(conversation) {
+    let done = false;
+    const input = el("input", {
+      class: "rename-input",
+      type: "text",
+      maxlength: 200,
+      "aria-label": "Conversation title",
+    });
+    input.value = conversation.title || "";
+
+    const finish = async (save) => {
+      if (done) return;
+      done = true;
+      this.editingId = null;
+      const title = input.value.trim();
+      if (save && title && title !== conversation.title) {
+        // Show the new name at once; the handler restores the old one if the server refuses.
+        this.upsert({ id: conversation.id, title });
+        await this.actions.onRename(conversation.id, title, conversation.title);
+      } else {
+        this.render();
+      }
+    };
+    input.addEventListener("keydown", (event) => {
+      if (event.key === "Enter" && !event.isComposing) {
+        event.preventDefault();
+        finish(true);
+      } else if (event.key === "Escape") {
+        event.preventDefault();
+        finish(false);
+      }
+    });
+    input.addEventListener("blur", () => finish(true));
+    return input;
+  }
+}

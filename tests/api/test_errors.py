@@ -1,0 +1,119 @@
+"""Bad input gets a clear 4xx problem with a stable code, never a 500."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.api.live import LiveServer
+
+
+async def test_requests_without_credentials_are_401(live: LiveServer) -> None:
+    async with httpx.AsyncClient(base_url=live.base_url) as anonymous:
+        response = await anonymous.get("/api/conversations")
+        assert response.status_code == 401
+        assert response.headers["content-type"].startswith("application/problem+json")
+        assert response.json()["code"] == "unauthorized"
+        bad = await anonymous.get("/api/conversations", headers={"authorization": "Bearer cp_nope"})
+        assert bad.json()["code"] == "invalid_api_key"
+        basic = await anonymous.get("/api/conversations", headers={"authorization": "Basic eA=="})
+        assert basic.status_code == 401
+        assert basic.json()["code"] == "invalid_authorization"
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({}, "content"),
+        ({"content": ""}, "content"),
+        ({"content": 5}, "content"),
+        ({"content": "hi", "model": ""}, "model"),
+    ],
+)
+async def test_invalid_messages_are_422_with_the_field(
+    live: LiveServer, body: dict[str, object], field: str
+) -> None:
+    async with live.client() as client:
+        conversation = (await client.post("/api/conversations", json={})).json()
+        response = await client.post(f"/api/conversations/{conversation['id']}/messages", json=body)
+        assert response.status_code == 422
+        problem = response.json()
+        assert problem["code"] == "validation_error"
+        assert problem["field"] == field
+
+
+async def test_malformed_json_is_422(live: LiveServer) -> None:
+    async with live.client() as client:
+        response = await client.post(
+            "/api/conversations", content=b"{not json", headers={"content-type": "application/json"}
+        )
+        assert response.status_code == 422
+        assert response.json()["code"] == "validation_error"
+
+
+async def test_unknown_model_is_404(live: LiveServer) -> None:
+    async with live.client() as client:
+        response = await client.post("/api/conversations", json={"model": "gpt-nope"})
+        assert response.status_code == 404
+        assert response.json()["code"] == "model_not_found"
+        conversation = (await client.post("/api/conversations", json={})).json()
+        sent = await client.post(
+            f"/api/conversations/{conversation['id']}/messages",
+            json={"content": "hi", "model": "gpt-nope"},
+        )
+        assert sent.status_code == 404
+        assert sent.json()["code"] == "model_not_found"
+        stored = (await client.get(f"/api/conversations/{conversation['id']}")).json()
+        assert stored["messages"] == []
+
+
+async def test_oversize_bodies_are_413_and_nothing_is_stored(live: LiveServer) -> None:
+    async with live.client() as client:
+        conversation = (await client.post("/api/conversations", json={})).json()
+        huge = "x" * (live.services.settings.max_request_bytes + 10)
+        response = await client.post(
+            f"/api/conversations/{conversation['id']}/messages", json={"content": huge}
+        )
+        assert response.status_code == 413
+        assert response.json()["code"] == "payload_too_large"
+        stored = (await client.get(f"/api/conversations/{conversation['id']}")).json()
+        assert stored["messages"] == []
+
+
+async def test_unknown_ids_and_routes_are_404(live: LiveServer) -> None:
+    async with live.client() as client:
+        for path in ("/api/conversations/nope", "/api/turns/nope", "/api/nothing-here"):
+            response = await client.get(path)
+            assert response.status_code == 404, path
+            assert "code" in response.json()
+
+
+async def test_bad_cursor_and_limit_are_4xx(live: LiveServer) -> None:
+    async with live.client() as client:
+        bad_cursor = await client.get("/api/conversations", params={"cursor": "%%%"})
+        assert bad_cursor.status_code == 400
+        assert bad_cursor.json()["code"] == "invalid_cursor"
+        bad_limit = await client.get("/api/conversations", params={"limit": 0})
+        assert bad_limit.status_code == 422
+        assert bad_limit.json()["field"] == "limit"
+
+
+async def test_bad_event_id_is_400(live: LiveServer) -> None:
+    async with live.client() as client:
+        conversation = (await client.post("/api/conversations", json={})).json()
+        accepted = (
+            await client.post(
+                f"/api/conversations/{conversation['id']}/messages", json={"content": "hi"}
+            )
+        ).json()
+        response = await client.get(accepted["events_url"], headers={"last-event-id": "not-an-id"})
+        assert response.status_code == 400
+
+
+async def test_request_id_is_echoed_or_made(live: LiveServer) -> None:
+    async with httpx.AsyncClient(base_url=live.base_url) as client:
+        given = await client.get("/healthz", headers={"x-request-id": "abc-123"})
+        assert given.headers["x-request-id"] == "abc-123"
+        made = await client.get("/healthz")
+        assert len(made.headers["x-request-id"]) >= 16
+        assert made.headers["x-content-type-options"] == "nosniff"

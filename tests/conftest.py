@@ -1,0 +1,63 @@
+"""Shared fixtures: settings for tests, real databases, and live servers.
+
+Tests that need PostgreSQL or Redis skip with a reason when the service is unreachable,
+except under CI (`CI` set), where they fail instead."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from chatplane.settings import Settings
+
+PG_ADMIN_DSN = os.environ.get("CHATPLANE_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_TEST_URL = os.environ.get("CHATPLANE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+RUN_ID = uuid.uuid4().hex[:10]
+
+
+def service_missing(what: str, error: BaseException) -> None:
+    """Skip on a laptop without the service; fail under CI, where it must be there."""
+    message = f"{what} is unreachable ({error.__class__.__name__}: {error})"
+    if os.environ.get("CI"):
+        pytest.fail(message + "; CI requires it")
+    pytest.skip(message)
+
+
+def make_settings(data_dir: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "data_dir": data_dir,
+        "secret_key": "test-secret-key-for-this-run-" + RUN_ID * 2,
+        "password_time_cost": 1,
+        "password_memory_kib": 1024,
+        "password_parallelism": 1,
+        "sse_keepalive_s": 1.0,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@pytest.fixture(scope="session")
+async def postgres_url() -> AsyncIterator[str]:
+    """A database of its own for this test run, dropped at the end."""
+    name = f"chatplane_test_{RUN_ID}"
+    try:
+        admin = await asyncpg.connect(PG_ADMIN_DSN, timeout=5)
+    except (OSError, asyncpg.PostgresError) as exc:
+        service_missing("PostgreSQL at " + PG_ADMIN_DSN, exc)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+    yield f"{base}/{name}"
+    admin = await asyncpg.connect(PG_ADMIN_DSN, timeout=5)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
