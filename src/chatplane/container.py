@@ -50,6 +50,7 @@ class Services:
 
 async def build_services(settings: Settings, *, run_turns: bool | None = None) -> Services:
     """Open every part. Turns run in this process in the embedded shape (no Redis)."""
+    settings.signing_key  # noqa: B018 - made (and kept in the data dir) now, not on first login
     if settings.is_embedded_db:
         await migrate.upgrade(settings.resolved_database_url)
     db = Database(create_engine(settings))

@@ -22,7 +22,7 @@ def make_settings(**overrides: Any) -> Settings:
         "upstream_read_timeout_s": 5.0,
         **overrides,
     }
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    return Settings(_env_file=None, **values)
 
 
 async def eventually(predicate: Callable[[], bool], *, timeout_s: float = 5.0) -> None:

@@ -43,6 +43,7 @@ from chatplane.broker.protocol import (
     Job,
     JobLost,
 )
+from chatplane.broker.redis_scripts import CLAIM, RENEW
 from chatplane.broker.redis_streams import StreamFanout, event_from_entry, parse_stream_id
 from chatplane.errors import ServiceUnavailable
 
@@ -54,53 +55,11 @@ _CONNECT_TIMEOUT_S = 2.0
 _SOCKET_TIMEOUT_S = 5.0
 _POOL_WAIT_S = 10.0
 _HEALTH_CHECK_S = 15
-_READ_BLOCK_S = 2.0
 _UNAVAILABLE = (
     redis_errors.ConnectionError,
     redis_errors.TimeoutError,
     redis_errors.ReadOnlyError,
 )
-
-_CLAIM = """
-local stream, dead = KEYS[1], KEYS[2]
-local group, consumer, min_idle = ARGV[1], ARGV[2], ARGV[3]
-local max_attempts, dead_cap = tonumber(ARGV[4]), tonumber(ARGV[5])
-for _, p in ipairs(redis.call('XPENDING', stream, group, 'IDLE', min_idle, '-', '+', ARGV[6])) do
-  local id, owner, deliveries = p[1], p[2], p[4]
-  if deliveries >= max_attempts then
-    local entry = redis.call('XRANGE', stream, id, id)[1]
-    if entry then
-      local fields = {}
-      for i = 1, #entry[2], 2 do fields[entry[2][i]] = entry[2][i + 1] end
-      redis.call('LPUSH', dead, cjson.encode({id = id, kind = fields.kind,
-        payload = fields.payload, attempt = deliveries,
-        reason = 'no ack after ' .. deliveries .. ' attempts (last consumer ' .. owner .. ')'}))
-      redis.call('LTRIM', dead, 0, dead_cap - 1)
-    end
-    redis.call('XACK', stream, group, id)
-    redis.call('XDEL', stream, id)
-  else
-    local claimed = redis.call('XCLAIM', stream, group, consumer, min_idle, id)[1]
-    if claimed then return {id, claimed[2], deliveries + 1} end
-    redis.call('XACK', stream, group, id)
-  end
-end
-local fresh = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', 1, 'STREAMS', stream, '>')
-if fresh then
-  local entry = fresh[1][2][1]
-  return {entry[1], entry[2], 1}
-end
-return false
-"""
-
-# Hands a still-held claim to `new_owner` with `idle` ms of idle time (heartbeat: the same
-# owner, 0; release: the placeholder, a huge idle time). Returns 0 when the claim is gone.
-_RENEW = """
-local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)[1]
-if p == nil or p[2] ~= ARGV[2] or p[4] ~= tonumber(ARGV[4]) then return 0 end
-redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[5], 0, ARGV[3], 'IDLE', ARGV[6], 'JUSTID')
-return 1
-"""
 
 
 class _GroupMissing(Exception):
@@ -128,6 +87,7 @@ class RedisBroker:
         cancel_ttl_s: float = DEFAULT_CANCEL_TTL_S,
         max_connections: int = 20,
         dead_letter_max: int = 10_000,
+        read_block_s: float = 2.0,
     ) -> None:
         if visibility_timeout_s <= 0 or max_attempts < 1 or stream_max_events < 1:
             raise ValueError("visibility timeout, max attempts and stream cap must be positive")
@@ -139,6 +99,7 @@ class RedisBroker:
         self.cancel_ttl_s = cancel_ttl_s
         self.max_connections = max_connections
         self.dead_letter_max = dead_letter_max
+        self.read_block_s = read_block_s
         # Every connection of this broker carries this name (see CLIENT LIST).
         self.client_name = f"{key_prefix}-broker-{uuid.uuid4().hex[:12]}"
         self._jobs_key = f"{key_prefix}:{{jobs}}:queue"
@@ -152,6 +113,9 @@ class RedisBroker:
         self._group_ready = False
         self._claiming = 0
         self._claims_done = asyncio.Event()
+        # Blocked claims hold a pooled connection each; a few at a time leave the rest of the
+        # pool to publishing and reading however many claim loops a worker runs.
+        self._blocking_claims = asyncio.Semaphore(max(1, max_connections // 4))
 
     @property
     def pending_reads(self) -> int:
@@ -165,7 +129,7 @@ class RedisBroker:
             return
         self._closed = False
         client = Redis.from_pool(self._pool(self.max_connections, _SOCKET_TIMEOUT_S))
-        reader = Redis.from_pool(self._pool(1, _READ_BLOCK_S + _SOCKET_TIMEOUT_S))
+        reader = Redis.from_pool(self._pool(1, self.read_block_s + _SOCKET_TIMEOUT_S))
         kwargs = client.connection_pool.connection_kwargs
         where = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
         self._where = f"Redis at {where}"
@@ -174,9 +138,9 @@ class RedisBroker:
             client=client,
             wake_key=self._wake_key,
             unavailable=self._unavailable_error,
-            block_s=_READ_BLOCK_S,
+            block_s=self.read_block_s,
         )
-        claim, renew = client.register_script(_CLAIM), client.register_script(_RENEW)
+        claim, renew = client.register_script(CLAIM), client.register_script(RENEW)
         self._conn = _Connections(client, reader, fanout, claim, renew)
 
     async def close(self) -> None:
@@ -223,11 +187,7 @@ class RedisBroker:
                     remaining = deadline - loop.time()
                     if remaining <= 0:
                         return None
-                    block_ms = max(1, round(min(remaining, self._poll_s) * 1000))
-                    with self._unavailable(), self._group_missing():
-                        reply: Any = await conn.client.xreadgroup(
-                            _GROUP, consumer, {self._jobs_key: ">"}, count=1, block=block_ms
-                        )
+                    reply = await self._wait_for_new(conn, consumer, remaining)
                 except _GroupMissing:
                     continue
                 for _key, entries in reply or ():
@@ -238,6 +198,30 @@ class RedisBroker:
             self._claiming -= 1
             if not self._claiming:
                 self._claims_done.set()
+
+    async def _wait_for_new(self, conn: _Connections, consumer: str, remaining: float) -> Any:
+        """Block for a new job for at most a poll interval, behind the gate."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + remaining
+        try:
+            async with asyncio.timeout(remaining):
+                await self._blocking_claims.acquire()
+        except TimeoutError:
+            return None
+        try:
+            block_s = min(deadline - loop.time(), self._poll_s)
+            if block_s <= 0 or self._closed:
+                return None
+            with self._unavailable(), self._group_missing():
+                return await conn.client.xreadgroup(
+                    _GROUP,
+                    consumer,
+                    {self._jobs_key: ">"},
+                    count=1,
+                    block=round(block_s * 1000) or 1,
+                )
+        finally:
+            self._blocking_claims.release()
 
     async def heartbeat(self, job: Job) -> None:
         if not await self._renew(job, job.extra.get("consumer", ""), 0):

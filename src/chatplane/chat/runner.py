@@ -73,13 +73,15 @@ class TurnRunner:
         async with self.db.session() as session:
             repo = TurnRepository(session)
             turn = await repo.turn(turn_id)
-            if turn is None or not await repo.start(turn_id, utcnow()):
-                return  # deleted, or already ended (cancelled while queued, or done before)
+            if turn is None:
+                return  # the conversation was deleted
+            restarted = turn.attempts > 0  # an earlier run started it and never finished
+            if not await repo.start(turn_id, utcnow()):
+                return  # already ended (cancelled while queued, or done before)
             await session.commit()
-            restarted = turn.attempts > 0
             history = await repo.history(turn.conversation_id, await self._user_seq(turn))
         if restarted:
-            await self.broker.publish(turn_id, "turn.restarted", {"attempt": turn.attempts + 1})
+            await self.broker.publish(turn_id, "turn.restarted", {"attempt": job.attempt})
         if await self.broker.cancel_requested(turn_id):
             await self._finish_cancelled(turn, "")
             return
@@ -116,23 +118,28 @@ class TurnRunner:
             max_tokens=self.settings.max_output_tokens,
         )
         generation = asyncio.create_task(self._stream(route.provider, request, turn.id, text))
-        next_heartbeat = time.monotonic() + self.settings.job_visibility_timeout_s / 3
+        try:
+            return await self._watch(generation, turn.id, job)
+        finally:
+            # Whatever ends the watch (cancel, lost claim, this task cancelled on shutdown),
+            # the provider call ends with it.
+            if not generation.done():
+                generation.cancel()
+                await asyncio.gather(generation, return_exceptions=True)
+
+    async def _watch(self, generation: asyncio.Task[Finish], turn_id: str, job: Job) -> Finish:
+        """Wait for the generation while checking for cancel and keeping the claim alive."""
+        interval = self.settings.job_visibility_timeout_s / 3
+        next_heartbeat = time.monotonic() + interval
         while True:
             done, _ = await asyncio.wait({generation}, timeout=CANCEL_POLL_S)
             if done:
                 return generation.result()
-            if await self.broker.cancel_requested(turn.id):
-                generation.cancel()
-                await asyncio.gather(generation, return_exceptions=True)
+            if await self.broker.cancel_requested(turn_id):
                 raise TurnCancelled
             if time.monotonic() >= next_heartbeat:
-                try:
-                    await self.broker.heartbeat(job)
-                except JobLost:
-                    generation.cancel()
-                    await asyncio.gather(generation, return_exceptions=True)
-                    raise
-                next_heartbeat = time.monotonic() + self.settings.job_visibility_timeout_s / 3
+                await self.broker.heartbeat(job)  # raises JobLost when reclaimed
+                next_heartbeat = time.monotonic() + interval
 
     async def _stream(
         self, provider: Provider, request: CompletionRequest, turn_id: str, text: list[str]

@@ -33,6 +33,11 @@ function readCookie(name) {
   return "";
 }
 
+/** The CSRF cookie is set with the session cookie: without it there is no session to ask about. */
+export function mayHaveSession() {
+  return readCookie(CSRF_COOKIE) !== "";
+}
+
 /** Listeners told when the session is gone (401), so the app can show the login view. */
 const unauthorizedListeners = new Set();
 export function onUnauthorized(listener) {

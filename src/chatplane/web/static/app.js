@@ -1,6 +1,6 @@
 // chatplane web app: login, conversation list, chat thread with streamed answers.
 
-import { ApiError, api, onUnauthorized } from "./api.js";
+import { ApiError, api, mayHaveSession, onUnauthorized } from "./api.js";
 import { Sidebar, titleOf } from "./sidebar.js";
 import { followTurn } from "./stream.js";
 import { Thread } from "./thread.js";
@@ -356,6 +356,12 @@ async function deliver(content) {
     thread.updateWelcome();
     restoreDraft();
     toastError(error);
+    if (error?.status === 404 && conversationId === state.conversationId) {
+      // Deleted elsewhere (another tab or device): drop it; the draft starts a new chat.
+      sidebar.remove(conversationId);
+      history.replaceState(null, "", location.pathname);
+      showEmptyChat();
+    }
     return;
   }
   userNode.querySelector(".bubble").classList.remove("pending");
@@ -416,10 +422,7 @@ async function onTurnEnd(live, end) {
       toastError(error);
     }
   }
-  live.message.finish({ ...end, text });
-  if (end.status === "failed") {
-    toast(`The answer failed: ${end.error?.message || end.error?.code || "unknown error"}`);
-  }
+  live.message.finish({ ...end, text }); // a failure shows in place, under the answer
   if (live.conversationId === state.conversationId) {
     setComposerBusy(false);
     focusComposer();
@@ -532,6 +535,10 @@ function wire() {
 
 async function boot() {
   wire();
+  if (!mayHaveSession()) {
+    showLogin(); // no cookie, no session: skip a request that can only answer 401
+    return;
+  }
   try {
     const user = await api.me();
     await showChat(user);

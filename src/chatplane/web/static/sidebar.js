@@ -21,6 +21,7 @@ export class Sidebar {
     this.nextCursor = null;
     this.activeId = null;
     this.editingId = null;
+    this.editNode = null; // the row holding the rename field, kept across renders
     this.list = $("conv-list");
     $("load-more").addEventListener("click", () => this.actions.onLoadMore());
   }
@@ -30,6 +31,7 @@ export class Sidebar {
     this.nextCursor = null;
     this.activeId = null;
     this.editingId = null;
+    this.editNode = null;
     this.render();
   }
 
@@ -71,18 +73,30 @@ export class Sidebar {
 
   startRename(id) {
     this.editingId = id;
+    this.editNode = null;
     this.render();
+    const input = this.editNode?.querySelector(".rename-input");
+    input?.focus();
+    input?.select();
   }
 
   render() {
-    this.list.replaceChildren(...this.items.map((c) => this.renderItem(c)));
+    const nodes = this.items.map((c) => {
+      if (c.id !== this.editingId) return this.renderItem(c);
+      this.editNode ??= this.renderItem(c);
+      return this.editNode;
+    });
+    // Rows are rebuilt, except the one being renamed: it stays in the document so the field
+    // keeps its focus and text while the list changes around it (a reply moving a chat up).
+    const keep = nodes.includes(this.editNode) ? this.editNode : null;
+    for (const child of [...this.list.children]) if (child !== keep) child.remove();
+    let ref = this.list.firstChild;
+    for (const node of nodes) {
+      if (node === ref) ref = ref.nextSibling;
+      else this.list.insertBefore(node, ref);
+    }
     $("conv-empty").hidden = this.items.length > 0;
     $("load-more").hidden = !this.nextCursor;
-    const input = this.list.querySelector(".rename-input");
-    if (input) {
-      input.focus();
-      input.select();
-    }
   }
 
   renderItem(conversation) {
@@ -154,6 +168,7 @@ export class Sidebar {
       if (done) return;
       done = true;
       this.editingId = null;
+      this.editNode = null;
       const title = input.value.trim();
       if (save && title && title !== conversation.title) {
         // Show the new name at once; the handler restores the old one if the server refuses.
