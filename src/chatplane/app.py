@@ -21,14 +21,19 @@ from chatplane.web.router import router as web_router
 from chatplane.web.router import static_files
 
 
-def create_app(settings: Settings | None = None, *, services: Services | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    services: Services | None = None,
+    migrate_embedded: bool = True,
+) -> FastAPI:
     settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = services is None
         if owned:
-            app.state.services = await build_services(settings)
+            app.state.services = await build_services(settings, migrate_embedded=migrate_embedded)
         try:
             yield
         finally:

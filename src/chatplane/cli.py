@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 from pydantic import ValidationError
+from sqlalchemy.exc import DBAPIError
 
 from chatplane import __version__
 from chatplane.errors import ChatplaneError
@@ -21,7 +22,10 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 cli = typer.Typer(
-    no_args_is_help=True, add_completion=False, help="chatplane: a self-hosted AI chat platform."
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,  # locals may hold secrets
+    help="chatplane: a self-hosted AI chat platform.",
 )
 db_cli = typer.Typer(no_args_is_help=True, help="Database schema.")
 users_cli = typer.Typer(no_args_is_help=True, help="Users.")
@@ -52,6 +56,9 @@ def run(coroutine: Coroutine[Any, Any, T]) -> T:
         return asyncio.run(coroutine)
     except ChatplaneError as exc:
         raise fail(exc.detail) from exc
+    except (DBAPIError, OSError) as exc:
+        reason = getattr(exc, "orig", None) or exc
+        raise fail(f"cannot use the database: {reason}") from exc
 
 
 @asynccontextmanager
@@ -85,14 +92,17 @@ def serve(
     configure_logging(settings)
     bind_host = host or settings.host
     bind_port = port if port is not None else settings.port
+    if settings.is_embedded_db:
+        _upgrade_in_child_process()
     has_users = run(_has_users(settings))
     typer.echo(f"chatplane {__version__} on http://{bind_host}:{bind_port}")
     typer.echo(f"data: {settings.data_dir.resolve()}  database: {_safe_url(settings)}")
     if not has_users:
         typer.echo("No users yet. Create the first admin with:")
         typer.echo("  chatplane users create you@example.com --admin")
+    sys.stdout.flush()  # before the server takes over the process
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, migrate_embedded=False),
         host=bind_host,
         port=bind_port,
         loop="uvloop",
@@ -103,12 +113,25 @@ def serve(
     )
 
 
-async def _has_users(settings: Settings) -> bool:
-    async with _auth(settings) as auth:
-        from chatplane.auth.repository import AuthRepository
+def _upgrade_in_child_process() -> None:
+    """Migrate the embedded database in a child, so Alembic stays out of the server."""
+    import subprocess
 
-        async with auth.db.session() as session:
+    done = subprocess.run([sys.executable, "-m", "chatplane", "db", "upgrade"], check=False)
+    if done.returncode != 0:
+        raise typer.Exit(done.returncode)
+
+
+async def _has_users(settings: Settings) -> bool:
+    from chatplane.auth.repository import AuthRepository
+    from chatplane.db.engine import Database, create_engine
+
+    db = Database(create_engine(settings))
+    try:
+        async with db.session() as session:
             return bool(await AuthRepository(session).count_users())
+    finally:
+        await db.close()
 
 
 def _safe_url(settings: Settings) -> str:

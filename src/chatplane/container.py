@@ -15,7 +15,6 @@ from chatplane.broker.protocol import Broker
 from chatplane.chat.runner import TurnRunner
 from chatplane.chat.service import ChatService
 from chatplane.chat.worker import TurnWorker
-from chatplane.db import migrate
 from chatplane.db.engine import Database, create_engine
 from chatplane.providers.http import create_upstream_session
 from chatplane.providers.registry import ModelRegistry, build_registry
@@ -48,10 +47,17 @@ class Services:
         await self.db.close()
 
 
-async def build_services(settings: Settings, *, run_turns: bool | None = None) -> Services:
-    """Open every part. Turns run in this process in the embedded shape (no Redis)."""
+async def build_services(
+    settings: Settings, *, run_turns: bool | None = None, migrate_embedded: bool = True
+) -> Services:
+    """Open every part. Turns run in this process in the embedded shape (no Redis).
+
+    `serve` migrates the embedded SQLite in a child process beforehand and passes
+    `migrate_embedded=False`, so Alembic never loads into the server (about 10 MB)."""
     settings.signing_key  # noqa: B018 - made (and kept in the data dir) now, not on first login
-    if settings.is_embedded_db:
+    if settings.is_embedded_db and migrate_embedded:
+        from chatplane.db import migrate
+
         await migrate.upgrade(settings.resolved_database_url)
     db = Database(create_engine(settings))
     broker = create_broker(settings)

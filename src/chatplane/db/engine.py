@@ -21,12 +21,17 @@ from chatplane.errors import ServiceUnavailable
 from chatplane.settings import Settings
 
 
+def ensure_sqlite_dir(url: str) -> None:
+    """SQLite creates the file but not its folder."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+
+
 def create_engine(settings: Settings, url: str | None = None) -> AsyncEngine:
     url = url or settings.resolved_database_url
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    if make_url(url).get_backend_name() == "sqlite":
+        ensure_sqlite_dir(url)
         engine = create_async_engine(url, connect_args={"timeout": 30})
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine

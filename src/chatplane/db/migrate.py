@@ -8,6 +8,8 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
+from chatplane.db.engine import ensure_sqlite_dir
+
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
 
@@ -19,6 +21,7 @@ def alembic_config(database_url: str) -> Config:
 
 
 async def upgrade(database_url: str, revision: str = "head") -> None:
+    ensure_sqlite_dir(database_url)
     # Alembic's env runs its own event loop, so it gets a thread of its own.
     await asyncio.to_thread(command.upgrade, alembic_config(database_url), revision)
 
