@@ -84,3 +84,13 @@ def create_app(
     app.mount("/static", static_files(), name="static")
     app.add_middleware(HttpMiddleware, max_body_bytes=settings.max_request_bytes)
     return app
+
+
+def serve_app() -> FastAPI:
+    """The factory each `serve --workers N` process calls: settings from the environment;
+    the database was migrated once, before the processes started."""
+    from chatplane.observability.logging import configure_logging
+
+    settings = Settings()
+    configure_logging(settings)
+    return create_app(settings, migrate_embedded=False)

@@ -81,6 +81,9 @@ async def _auth(settings: Settings) -> AsyncIterator[AuthService]:
 def serve(
     host: str | None = typer.Option(None, help="Bind address [CHATPLANE_HOST]"),
     port: int | None = typer.Option(None, help="Port [CHATPLANE_PORT]"),
+    workers: int = typer.Option(
+        1, "--workers", min=1, max=64, help="API processes (more than 1 needs Redis)"
+    ),
 ) -> None:
     """Run the platform: web app, chat API and the /v1 gateway."""
     import uvicorn
@@ -92,6 +95,12 @@ def serve(
     configure_logging(settings)
     bind_host = host or settings.host
     bind_port = port if port is not None else settings.port
+    if workers > 1 and not settings.redis_url:
+        raise fail(
+            "--workers above 1 needs CHATPLANE_REDIS_URL: the processes share turns and "
+            "their events through Redis",
+            2,
+        )
     if settings.is_embedded_db:
         _upgrade_in_child_process()
     has_users = run(_has_users(settings))
@@ -101,16 +110,44 @@ def serve(
         typer.echo("No users yet. Create the first admin with:")
         typer.echo("  chatplane users create you@example.com --admin")
     sys.stdout.flush()  # before the server takes over the process
-    uvicorn.run(
-        create_app(settings, migrate_embedded=False),
-        host=bind_host,
-        port=bind_port,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_config=None,
-        timeout_graceful_shutdown=10,
-    )
+    common: dict[str, Any] = {
+        "host": bind_host,
+        "port": bind_port,
+        "loop": "uvloop",
+        "http": "httptools",
+        "access_log": False,
+        "log_config": None,
+        "timeout_graceful_shutdown": int(settings.drain_timeout_s) + 1,
+    }
+    if workers == 1:
+        uvicorn.run(create_app(settings, migrate_embedded=False), **common)
+    else:
+        # Each process builds its own app from the same environment.
+        uvicorn.run("chatplane.app:serve_app", factory=True, workers=workers, **common)
+
+
+@cli.command()
+def worker(
+    concurrency: int | None = typer.Option(
+        None, min=1, help="Turns run at once [CHATPLANE_TURN_CONCURRENCY]"
+    ),
+) -> None:
+    """Run turns from the Redis queue (the scaled shape); SIGTERM drains it."""
+    from chatplane.observability.logging import configure_logging
+    from chatplane.worker import run_worker
+
+    settings = load_settings()
+    if not settings.redis_url:
+        raise fail("the worker takes turns from Redis: set CHATPLANE_REDIS_URL", 2)
+    if concurrency is not None:
+        settings = settings.model_copy(update={"turn_concurrency": concurrency})
+    configure_logging(settings)
+    import uvloop
+
+    try:
+        uvloop.run(run_worker(settings))
+    except ChatplaneError as exc:
+        raise fail(exc.detail) from exc
 
 
 def _upgrade_in_child_process() -> None:

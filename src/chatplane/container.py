@@ -60,7 +60,7 @@ async def build_services(
 
         await migrate.upgrade(settings.resolved_database_url)
     db = Database(create_engine(settings))
-    broker = create_broker(settings)
+    broker = create_broker(settings, key_prefix=settings.redis_prefix)
     await broker.start()
     http = create_upstream_session(settings)
     registry = await build_registry(settings, http)

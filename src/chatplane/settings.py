@@ -25,6 +25,8 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".chatplane")
     database_url: str | None = None
     redis_url: str | None = None
+    # Every Redis key starts with it: several deployments (or test runs) can share a Redis.
+    redis_prefix: str = Field(default="chatplane", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     secret_key: SecretStr | None = Field(default=None, min_length=32)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
@@ -67,6 +69,8 @@ class Settings(BaseSettings):
 
     # Turn execution inside `serve` (embedded shape) and `worker`.
     turn_concurrency: int = Field(default=32, ge=1)
+    # On SIGTERM: how long running turns may finish before they are handed back.
+    drain_timeout_s: float = Field(default=25.0, ge=0)
 
     # Database pool (scaled shape).
     db_pool_size: int = Field(default=10, ge=1)

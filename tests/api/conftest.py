@@ -1,15 +1,27 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests.api.live import LiveServer, start_live_server
+from tests.broker.support import REDIS_URL, delete_keys, require_redis, unique_prefix
 from tests.conftest import make_settings
 from tests.providers.fakes import FakeOpenAI
 
 MOCK_CHUNK_DELAY_MS = 5.0
+
+
+@dataclass(frozen=True)
+class Shape:
+    """Where the server keeps its data and runs its turns."""
+
+    name: str
+    database_url: str | None = None  # None: the embedded SQLite
+    redis_url: str | None = None
+    redis_prefix: str = "chatplane"
 
 
 @pytest.fixture(scope="session")
@@ -18,26 +30,34 @@ async def fake_openai() -> AsyncIterator[FakeOpenAI]:
         yield fake
 
 
-@pytest.fixture(scope="session", params=["sqlite", "postgres"])
-def database_url(request: pytest.FixtureRequest) -> str | None:
-    """The API suite runs once per database: None is the embedded SQLite default."""
+@pytest.fixture(scope="session", params=["embedded", "postgres", "scaled"])
+def shape(request: pytest.FixtureRequest) -> Shape:
+    """The API suite runs on SQLite with the in-process broker, on Postgres, and on
+    Postgres with the Redis broker."""
+    if request.param == "embedded":
+        return Shape("embedded")
+    url: str = request.getfixturevalue("postgres_url")
     if request.param == "postgres":
-        url: str = request.getfixturevalue("postgres_url")
-        return url
-    return None
+        return Shape("postgres", database_url=url)
+    return Shape("scaled", database_url=url, redis_url=REDIS_URL, redis_prefix=unique_prefix())
 
 
 @pytest.fixture(scope="session")
 async def live(
-    database_url: str | None,
+    shape: Shape,
     tmp_path_factory: pytest.TempPathFactory,
     fake_openai: FakeOpenAI,
 ) -> AsyncIterator[LiveServer]:
-    """One real server per database backend, shared by the API tests."""
-    data_dir: Path = tmp_path_factory.mktemp("live")
+    """One real server per shape, shared by the API tests. In the scaled shape the same
+    process also runs a turn worker, as `chatplane worker` would."""
+    if shape.redis_url:
+        await require_redis()
+    data_dir: Path = tmp_path_factory.mktemp(f"live-{shape.name}")
     settings = make_settings(
         data_dir,
-        database_url=database_url,
+        database_url=shape.database_url,
+        redis_url=shape.redis_url,
+        redis_prefix=shape.redis_prefix,
         mock_chunk_delay_ms=MOCK_CHUNK_DELAY_MS,
         openai_base_url=fake_openai.base_url,
         max_request_kb=64,
@@ -46,3 +66,5 @@ async def live(
     server = await start_live_server(settings)
     yield server
     await server.stop()
+    if shape.redis_url:
+        await delete_keys(shape.redis_prefix)

@@ -40,7 +40,7 @@ class LiveServer:
 async def start_live_server(settings: Settings) -> LiveServer:
     if not settings.is_embedded_db:
         await migrate.upgrade(settings.resolved_database_url)
-    services = await build_services(settings)
+    services = await build_services(settings, run_turns=True)
     app = create_app(settings, services=services)
     config = uvicorn.Config(
         app, host="127.0.0.1", port=0, log_level="warning", lifespan="off", loop="asyncio"

@@ -51,3 +51,8 @@ async def read_events(
 
 def text_of(frames: list[Frame]) -> str:
     return "".join(f.data["text"] for f in frames if f.event == "message.delta")
+
+
+def id_order(event_id: str) -> tuple[int, ...]:
+    """Event ids are opaque but ordered: "7" in-process, "1700000000000-3" on Redis."""
+    return tuple(int(part) for part in event_id.split("-"))

@@ -164,21 +164,23 @@ class ChatService:
             await self.broker.publish(turn.id, "turn.queued", {"turn_id": turn.id})
             await self.broker.enqueue(TURN_JOB, {"turn_id": turn.id})
         except ChatplaneError as exc:
-            await self._fail_unqueued(turn, exc)
+            await self._withdraw(turn, exc)
             raise ServiceUnavailable(
-                "The turn could not be queued; retry shortly", retry_after=2
+                "The message could not be queued; retry shortly", retry_after=2
             ) from exc
         return turn
 
-    async def _fail_unqueued(self, turn: Turn, exc: ChatplaneError) -> None:
+    async def _withdraw(self, turn: Turn, exc: ChatplaneError) -> None:
+        """Take back a message whose turn could not be queued, so a retry does not
+        store it twice."""
         log.error("turn_enqueue_failed", turn_id=turn.id, error=exc.detail)
         async with self.db.session() as session:
             stored = await session.get(Turn, turn.id)
             if stored is not None and stored.status == "queued":
-                stored.status = "failed"
-                stored.error_code = "broker_unavailable"
-                stored.error_message = "The turn could not be queued"
-                stored.finished_at = utcnow()
+                await session.delete(stored)
+                message = await session.get(Message, turn.user_message_id)
+                if message is not None:
+                    await session.delete(message)
                 await session.commit()
 
     async def get_turn(self, principal: Principal, turn_id: str) -> Turn:

@@ -1,0 +1,111 @@
+"""Redis goes away and comes back: readiness says so, new turns get a clear retryable
+error, nothing committed is lost, and everything recovers by itself.
+
+The test runs a Redis server of its own on a free port (the machine's shared Redis is
+never stopped)."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.api.sse import read_events, text_of
+from tests.scale.procs import Cluster, free_port, run_cli
+from tests.scale.test_processes import assistant_messages, client, start_turn
+
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+
+
+class OwnRedis:
+    def __init__(self, port: int, workdir: Path) -> None:
+        self.port = port
+        self.workdir = workdir
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.workdir)],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while (
+            subprocess.run(
+                ["redis-cli", "-p", str(self.port), "ping"], capture_output=True, check=False
+            ).stdout.strip()
+            != b"PONG"
+        ):
+            assert time.monotonic() < deadline, "own redis-server did not start"
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    redis = OwnRedis(free_port(), tmp_path)
+    redis.start()
+    yield redis
+    redis.stop()
+
+
+async def wait_for_status(http: httpx.AsyncClient, path: str, status: int) -> httpx.Response:
+    deadline = time.monotonic() + 20
+    while True:
+        response = await http.get(path)
+        if response.status_code == status or time.monotonic() > deadline:
+            assert response.status_code == status, response.text
+            return response
+        await asyncio.sleep(0.1)
+
+
+async def test_redis_restart(cluster: Cluster, own_redis: OwnRedis) -> None:
+    env = {"CHATPLANE_REDIS_URL": own_redis.url}
+    api = cluster.api("api", **env)
+    cluster.worker("worker", **env)
+    await api.wait_ready()
+    email = "outage@example.com"
+    run_cli(
+        {**cluster.env, **env}, "users", "create", email, "--password-stdin", stdin="pw-12345678\n"
+    )
+    key = run_cli({**cluster.env, **env}, "keys", "create", email, "--name", "o").strip()
+
+    async with client(api.base_url, key) as http:
+        conversation_id, _, events_url = await start_turn(http, "before the outage")
+        assert text_of(await read_events(http, events_url)) == "before the outage"
+
+        own_redis.stop()
+        down = await wait_for_status(http, "/readyz", 503)
+        assert down.json()["checks"]["broker"] != "ok"
+        refused = await http.post(
+            f"/api/conversations/{conversation_id}/messages", json={"content": "lost?"}
+        )
+        assert refused.status_code == 503
+        assert refused.json()["code"] == "service_unavailable"
+        assert refused.headers["retry-after"] == "2"
+        # Reads from the database still work, and the refused message was not kept.
+        detail = (await http.get(f"/api/conversations/{conversation_id}")).json()
+        assert [m["content"] for m in detail["messages"]] == ["before the outage"] * 2
+
+        own_redis.start()
+        await wait_for_status(http, "/readyz", 200)
+        _, _, after_url = await start_turn(http, "after the outage")
+        async with asyncio.timeout(20):
+            assert text_of(await read_events(http, after_url)) == "after the outage"
+        assert await assistant_messages(http, conversation_id) == ["before the outage"]
