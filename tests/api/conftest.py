@@ -63,7 +63,8 @@ async def live(
         max_request_kb=64,
         model_prices={"gpt-fake": [2.0, 8.0]},
     )
-    server = await start_live_server(settings)
+    # The Postgres shapes share one database: each has its own user.
+    server = await start_live_server(settings, email=f"ada.{shape.name}@example.com")
     yield server
     await server.stop()
     if shape.redis_url:

@@ -23,7 +23,7 @@ class LiveServer:
     services: Services
     server: uvicorn.Server
     task: asyncio.Task[None]
-    email: str = "ada@example.com"
+    email: str
     api_key: str = ""
     users: dict[str, str] = field(default_factory=dict)
 
@@ -37,7 +37,7 @@ class LiveServer:
         await self.services.close()
 
 
-async def start_live_server(settings: Settings) -> LiveServer:
+async def start_live_server(settings: Settings, *, email: str) -> LiveServer:
     if not settings.is_embedded_db:
         await migrate.upgrade(settings.resolved_database_url)
     services = await build_services(settings, run_turns=True)
@@ -54,7 +54,7 @@ async def start_live_server(settings: Settings) -> LiveServer:
                 raise RuntimeError("the server exited while starting")
             await asyncio.sleep(0.01)
     port = server.servers[0].sockets[0].getsockname()[1]
-    live = LiveServer(f"http://127.0.0.1:{port}", services, server, task)
+    live = LiveServer(f"http://127.0.0.1:{port}", services, server, task, email=email)
     await services.auth.create_user(live.email, PASSWORD, tenant_slug="acme", role="admin")
     _, live.api_key = await services.auth.create_api_key(live.email, "tests")
     return live

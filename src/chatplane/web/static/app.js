@@ -1,18 +1,16 @@
 // chatplane web app: login, conversation list, chat thread with streamed answers.
 
 import { ApiError, api, mayHaveSession, onUnauthorized } from "./api.js";
+import { ModelPicker } from "./models.js";
 import { Sidebar, titleOf } from "./sidebar.js";
 import { followTurn } from "./stream.js";
 import { Thread } from "./thread.js";
 import { $, confirmDialog, toast, toastError } from "./ui.js";
 
 const PAGE_SIZE = 20;
-const MODEL_KEY = "chatplane.model";
 
 const state = {
   user: null,
-  models: [],
-  defaultModel: "",
   conversationId: null, // the open conversation
   conversation: null,
   live: null, // {turnId, conversationId, stream, message, cancelling}
@@ -21,6 +19,7 @@ const state = {
 };
 
 const thread = new Thread();
+const models = new ModelPicker();
 const sidebar = new Sidebar({
   onRename: renameConversation,
   onDelete: deleteConversation,
@@ -61,7 +60,7 @@ async function showChat(user) {
   $("user-email").textContent = user.email;
   $("user-avatar").textContent = (user.email || "?").slice(0, 1).toUpperCase();
   showView("chat");
-  await Promise.all([loadModels(), loadConversations()]);
+  await Promise.all([models.load(), loadConversations()]);
   await openFromLocation();
 }
 
@@ -110,47 +109,6 @@ async function logout() {
   showLogin();
 }
 
-// ---------------------------------------------------------------- models
-
-async function loadModels() {
-  try {
-    const answer = await api.models();
-    state.models = answer.models || [];
-    state.defaultModel = answer.default_model || state.models[0]?.id || "";
-  } catch (error) {
-    toastError(error);
-  }
-  const select = $("model-select");
-  select.replaceChildren(
-    ...state.models.map((m) => {
-      const option = document.createElement("option");
-      option.value = m.id;
-      option.textContent = m.id;
-      option.title = m.provider ? `${m.id} (${m.provider})` : m.id;
-      return option;
-    }),
-  );
-  select.disabled = state.models.length === 0;
-  setModel(localStorage.getItem(MODEL_KEY) || state.defaultModel);
-}
-
-function setModel(model) {
-  const select = $("model-select");
-  const known = state.models.some((m) => m.id === model);
-  if (model && !known && select.options.length) {
-    // A conversation may name a model that is no longer offered: show it anyway.
-    const option = document.createElement("option");
-    option.value = model;
-    option.textContent = `${model} (unavailable)`;
-    select.append(option);
-  }
-  select.value = known || model ? model : state.defaultModel;
-}
-
-function selectedModel() {
-  return $("model-select").value || undefined;
-}
-
 // ---------------------------------------------------------------- conversations
 
 async function loadConversations() {
@@ -195,7 +153,7 @@ function showEmptyChat() {
   sidebar.setActive(null);
   thread.clear();
   $("conv-title").textContent = "New chat";
-  setModel(localStorage.getItem(MODEL_KEY) || state.defaultModel);
+  models.showPreferred();
   setComposerBusy(false);
   focusComposer();
 }
@@ -209,6 +167,8 @@ async function openConversation(id) {
   sidebar.setActive(id);
   thread.clear();
   $("conv-title").textContent = titleOf(sidebar.get(id));
+  models.show(sidebar.get(id)?.model);
+  const pickedBefore = models.userChanges;
   setComposerBusy(false);
 
   let conversation;
@@ -228,8 +188,8 @@ async function openConversation(id) {
 
   state.conversation = conversation;
   $("conv-title").textContent = titleOf(conversation);
-  if (conversation.model) setModel(conversation.model);
-  thread.showMessages(conversation.messages || []);
+  if (models.userChanges === pickedBefore) models.show(conversation.model);
+  thread.showMessages(conversation.messages || [], id);
   if (conversation.active_turn_id) {
     // An answer is still being written (e.g. the page was reloaded mid-answer): replay its
     // stream from the first event and follow the live tail.
@@ -243,10 +203,10 @@ async function newConversation() {
   const button = $("new-chat");
   button.disabled = true;
   try {
-    const model = selectedModel();
+    const model = models.value;
     const conversation = await api.createConversation(model ? { model } : {});
     sidebar.upsert(conversation, { toTop: true });
-    navigateTo(conversation.id);
+    await navigateTo(conversation.id);
     return conversation;
   } catch (error) {
     toastError(error);
@@ -256,10 +216,11 @@ async function newConversation() {
   }
 }
 
+/** Open a conversation and put it in the address (pushState: no hashchange to react to). */
 function navigateTo(id) {
   const hash = `#/c/${encodeURIComponent(id)}`;
-  if (location.hash === hash) openConversation(id);
-  else location.hash = hash; // hashchange opens it
+  if (location.hash !== hash) history.pushState(null, "", hash);
+  return openConversation(id);
 }
 
 async function renameConversation(id, title, previousTitle) {
@@ -343,14 +304,13 @@ async function deliver(content) {
       return;
     }
     conversationId = created.id;
-    await waitForOpen(conversationId);
-    setComposerBusy(true);
+    setComposerBusy(true); // opening the new chat reset it
   }
 
   const userNode = thread.addUser(content);
   let accepted;
   try {
-    accepted = await api.sendMessage(conversationId, content, selectedModel());
+    accepted = await api.sendMessage(conversationId, content, models.value);
   } catch (error) {
     userNode.remove();
     thread.updateWelcome();
@@ -366,7 +326,7 @@ async function deliver(content) {
   }
   userNode.querySelector(".bubble").classList.remove("pending");
   if (accepted.message_id) userNode.dataset.messageId = accepted.message_id;
-  localStorage.setItem(MODEL_KEY, selectedModel() || "");
+  models.remember();
 
   sidebar.upsert({ id: conversationId, updated_at: new Date().toISOString() }, { toTop: true });
   sidebar.setActive(state.conversationId);
@@ -374,21 +334,6 @@ async function deliver(content) {
     follow(accepted.turn_id, conversationId, accepted.events_url);
   }
   refreshConversationMeta(conversationId);
-}
-
-/** Resolve once openConversation(id) has loaded (after a new chat was created). */
-function waitForOpen(id) {
-  return new Promise((resolve) => {
-    const started = Date.now();
-    const check = () => {
-      if ((state.conversationId === id && state.conversation) || Date.now() - started > 5000) {
-        resolve();
-      } else {
-        setTimeout(check, 20);
-      }
-    };
-    check();
-  });
 }
 
 function follow(turnId, conversationId, eventsUrl) {
@@ -516,9 +461,6 @@ function wire() {
   $("composer-input").addEventListener("keydown", onComposerKeydown);
   $("composer-input").addEventListener("input", autosize);
   $("stop").addEventListener("click", stopAnswer);
-  $("model-select").addEventListener("change", () => {
-    if (!state.conversationId) localStorage.setItem(MODEL_KEY, selectedModel() || "");
-  });
   $("sidebar-open").addEventListener("click", openDrawer);
   $("sidebar-close").addEventListener("click", closeDrawer);
   $("scrim").addEventListener("click", closeDrawer);

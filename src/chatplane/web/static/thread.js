@@ -14,11 +14,13 @@ export class Thread {
   }
 
   clear() {
+    delete this.list.dataset.conversationId;
     this.list.replaceChildren();
     this.updateWelcome();
   }
 
-  showMessages(messages) {
+  showMessages(messages, conversationId) {
+    this.list.dataset.conversationId = conversationId;
     this.list.replaceChildren(
       ...messages.map((m) =>
         m.role === "user" ? userMessage(m) : new AssistantMessage(this, m).node,
