@@ -41,6 +41,14 @@ async def _events_until_end(services: Services, turn_id: str) -> list[Event]:
     return events
 
 
+async def _wait_for_delta(services: Services, turn_id: str) -> None:
+    """Until the turn has streamed its first words."""
+    seen = await services.broker.read(turn_id, None, timeout_s=2)
+    async with asyncio.timeout(10):
+        while not any(e.type == "message.delta" for e in seen):
+            seen += await services.broker.read(turn_id, seen[-1].id, timeout_s=2)
+
+
 @pytest.fixture
 async def services(tmp_path: Path) -> AsyncIterator[Services]:
     built = await _services(tmp_path, job_visibility_timeout_s=0.3, mock_chunk_delay_ms=20)
@@ -83,9 +91,7 @@ async def test_a_turn_whose_worker_died_is_rerun_and_stored_once(services: Servi
     job = await services.broker.claim("doomed", timeout_s=1)
     assert job is not None
     doomed = asyncio.create_task(services.runner.run(job))
-    seen = await services.broker.read(turn.id, None, timeout_s=2)
-    while not any(e.type == "message.delta" for e in seen):
-        seen += await services.broker.read(turn.id, seen[-1].id, timeout_s=2)
+    await _wait_for_delta(services, turn.id)
     doomed.cancel()
     await asyncio.gather(doomed, return_exceptions=True)
 
@@ -109,6 +115,38 @@ async def test_a_turn_whose_worker_died_is_rerun_and_stored_once(services: Servi
     stored = await services.chat.get_turn(principal, turn.id)
     assert stored.status == "completed"
     assert stored.attempts == 2
+
+
+async def test_a_turn_that_dies_on_every_attempt_ends_failed(tmp_path: Path) -> None:
+    services = await _services(
+        tmp_path, job_visibility_timeout_s=0.2, turn_max_attempts=1, mock_chunk_delay_ms=20
+    )
+    worker = TurnWorker(services.broker, services.runner, concurrency=1, max_attempts=1)
+    try:
+        principal = await _principal(services)
+        conversation = await services.chat.create_conversation(principal, title=None, model=None)
+        turn = await services.chat.post_message(
+            principal, conversation.id, content="a b c d e f g h", model=None
+        )
+        job = await services.broker.claim("doomed", timeout_s=1)
+        assert job is not None
+        doomed = asyncio.create_task(services.runner.run(job))
+        await _wait_for_delta(services, turn.id)
+        doomed.cancel()
+        await asyncio.gather(doomed, return_exceptions=True)
+        assert (await services.chat.get_turn(principal, turn.id)).status == "running"
+
+        # The only attempt is spent: the broker dead-letters the job instead of handing it out.
+        assert await services.broker.claim("other", timeout_s=0.6) is None
+        assert await worker.fail_dead_lettered() == 1
+        assert await worker.fail_dead_lettered() == 0  # each dead letter is handled once
+        stored = await services.chat.get_turn(principal, turn.id)
+        assert stored.status == "failed"
+        assert stored.error_code == "turn_abandoned"
+        events = await _events_until_end(services, turn.id)
+        assert events[-1].type == "turn.failed"
+    finally:
+        await services.close()
 
 
 async def test_a_turn_cancelled_while_queued_never_runs(services: Services) -> None:

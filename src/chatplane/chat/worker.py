@@ -13,11 +13,14 @@ import structlog
 
 from chatplane.broker.protocol import Broker, Job
 from chatplane.chat.runner import TurnRunner
+from chatplane.chat.service import TURN_JOB
 from chatplane.errors import ServiceUnavailable
 
 log = structlog.get_logger("chatplane.worker")
 
 CLAIM_WAIT_S = 1.0
+DEAD_LETTER_SWEEP_S = 10.0
+SEEN_DEAD_LETTERS_MAX = 10_000
 BROKER_RETRY_S = 1.0
 
 
@@ -42,6 +45,8 @@ class TurnWorker:
         self._slots = asyncio.Semaphore(concurrency)
         self._running: dict[asyncio.Task[None], Job] = {}
         self._loop_task: asyncio.Task[None] | None = None
+        self._sweep_task: asyncio.Task[None] | None = None
+        self._seen_dead: dict[str, None] = {}  # insertion-ordered, bounded
         self._stopping = asyncio.Event()
 
     @property
@@ -51,6 +56,30 @@ class TurnWorker:
     def start(self) -> None:
         if self._loop_task is None:
             self._loop_task = asyncio.create_task(self._claim_loop(), name="turn-claim-loop")
+            self._sweep_task = asyncio.create_task(self._sweep_loop(), name="dead-letter-sweep")
+
+    async def _sweep_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                await self.fail_dead_lettered()
+            except ServiceUnavailable as exc:
+                log.warning("dead_letter_sweep_skipped", error=exc.detail)
+            await asyncio.sleep(DEAD_LETTER_SWEEP_S)
+
+    async def fail_dead_lettered(self) -> int:
+        """A job that died on every attempt went to the dead-letter list while its turn
+        was still `running`: end such turns `failed`. Returns how many it looked at."""
+        fresh = [
+            dead
+            for dead in await self.broker.dead_letters()
+            if dead.job.id not in self._seen_dead and dead.job.kind == TURN_JOB
+        ]
+        for dead in fresh:
+            await self.runner.fail_abandoned(str(dead.job.payload.get("turn_id")), dead.reason)
+            self._seen_dead[dead.job.id] = None
+            if len(self._seen_dead) > SEEN_DEAD_LETTERS_MAX:
+                del self._seen_dead[next(iter(self._seen_dead))]
+        return len(fresh)
 
     async def _claim_loop(self) -> None:
         while not self._stopping.is_set():
@@ -96,9 +125,10 @@ class TurnWorker:
     async def stop(self, *, deadline_s: float) -> None:
         """Stop claiming, let running turns finish within the deadline, hand back the rest."""
         self._stopping.set()
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            await asyncio.gather(self._loop_task, return_exceptions=True)
+        for task in (self._loop_task, self._sweep_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         pending = dict(self._running)
         if pending:
             _, still = await asyncio.wait(pending, timeout=deadline_s)

@@ -13,7 +13,7 @@ STATIC_DIR = Path(__file__).with_name("static")
 router = APIRouter(include_in_schema=False)
 
 
-@router.get("/")
+@router.api_route("/", methods=["GET", "HEAD"])
 async def index() -> FileResponse:
     return FileResponse(STATIC_DIR / "index.html", headers={"cache-control": "no-cache"})
 
