@@ -101,8 +101,9 @@ def serve(
             "their events through Redis",
             2,
         )
-    if settings.is_embedded_db:
-        _upgrade_in_child_process()
+    # In a child process, so Alembic stays out of the server: the embedded SQLite is
+    # migrated; Postgres is migrated once per deploy (`db upgrade`) and only checked here.
+    _database_in_child_process("upgrade" if settings.is_embedded_db else "check")
     has_users = run(_has_users(settings))
     typer.echo(f"chatplane {__version__} on http://{bind_host}:{bind_port}")
     typer.echo(f"data: {settings.data_dir.resolve()}  database: {_safe_url(settings)}")
@@ -150,11 +151,10 @@ def worker(
         raise fail(exc.detail) from exc
 
 
-def _upgrade_in_child_process() -> None:
-    """Migrate the embedded database in a child, so Alembic stays out of the server."""
+def _database_in_child_process(command: str) -> None:
     import subprocess
 
-    done = subprocess.run([sys.executable, "-m", "chatplane", "db", "upgrade"], check=False)
+    done = subprocess.run([sys.executable, "-m", "chatplane", "db", command], check=False)
     if done.returncode != 0:
         raise typer.Exit(done.returncode)
 
@@ -190,6 +190,19 @@ def db_upgrade(revision: str = typer.Argument("head")) -> None:
 
     current = run(upgrade())
     typer.echo(f"database at revision {current}")
+
+
+@db_cli.command("check")
+def db_check() -> None:
+    """Exit 0 when the database schema is up to date, 1 when it needs `db upgrade`."""
+    from chatplane.db import migrate
+
+    settings = load_settings()
+    current = run(migrate.current_revision(settings.resolved_database_url))
+    head = migrate.head_revision()
+    if current != head:
+        raise fail(f"the database is at revision {current}, not {head}: run `chatplane db upgrade`")
+    typer.echo(f"database at revision {current} (up to date)")
 
 
 @users_cli.command("create")

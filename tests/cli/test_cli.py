@@ -87,10 +87,14 @@ def test_users_and_keys_are_created_and_bad_input_is_refused(tmp_path: Path) -> 
 
 
 def test_db_upgrade_and_bad_configuration(tmp_path: Path) -> None:
+    behind = chatplane(tmp_path, "db", "check")
+    assert behind.returncode == 1
+    assert "chatplane db upgrade" in behind.stderr
     upgraded = chatplane(tmp_path, "db", "upgrade")
     assert upgraded.returncode == 0, upgraded.stderr
     assert "revision 0001" in upgraded.stdout
     assert (tmp_path / "chatplane.db").exists()
+    assert chatplane(tmp_path, "db", "check").returncode == 0
 
     bad = chatplane(tmp_path, "db", "upgrade", CHATPLANE_DATABASE_URL="mysql://x")
     assert bad.returncode == 2

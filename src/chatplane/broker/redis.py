@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +55,7 @@ _CONNECT_TIMEOUT_S = 2.0
 _SOCKET_TIMEOUT_S = 5.0
 _POOL_WAIT_S = 10.0
 _HEALTH_CHECK_S = 15
+_WAKE_KEY_TTL_MS = 3_600_000  # a process that dies leaves its wake-up key for an hour
 _UNAVAILABLE = (
     redis_errors.ConnectionError,
     redis_errors.TimeoutError,
@@ -111,8 +112,10 @@ class RedisBroker:
         self._where = "Redis"
         self._closed = False
         self._group_ready = False
-        self._claiming = 0
-        self._claims_done = asyncio.Event()
+        # Calls in flight; `close()` lets them finish before it closes the pools, since a call
+        # that retries on a closed pool would open a connection nobody closes.
+        self._in_flight = 0
+        self._idle = asyncio.Event()
         # Blocked claims hold a pooled connection each; a few at a time leave the rest of the
         # pool to publishing and reading however many claim loops a worker runs.
         self._blocking_claims = asyncio.Semaphore(max(1, max_connections // 4))
@@ -135,8 +138,8 @@ class RedisBroker:
         self._where = f"Redis at {where}"
         fanout = StreamFanout(
             reader=reader,
-            client=client,
             wake_key=self._wake_key,
+            wake=self._wake_reader,
             unavailable=self._unavailable_error,
             block_s=self.read_block_s,
         )
@@ -149,36 +152,31 @@ class RedisBroker:
         if conn is None:
             return
         await conn.fanout.close()
-        if self._claiming:  # blocked claims see the flag within one poll interval
+        if self._in_flight:  # blocked claims see the flag within one poll interval
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._poll_s + 1.0):
-                    await self._claims_done.wait()
+                async with asyncio.timeout(self._poll_s + _SOCKET_TIMEOUT_S):
+                    await self._idle.wait()
         with contextlib.suppress(*_UNAVAILABLE):
             await conn.client.delete(self._wake_key)
         await conn.reader.aclose()
         await conn.client.aclose()
 
     async def ping(self) -> None:
-        conn = await self._connected()
-        with self._unavailable():
+        async with self._op() as conn:
             await conn.client.ping()
 
     # Jobs.
 
     async def enqueue(self, kind: str, payload: Mapping[str, Any]) -> str:
-        conn = await self._connected()
         fields: dict[FieldT, EncodableT] = {"kind": kind, "payload": orjson.dumps(dict(payload))}
-        with self._unavailable():
+        async with self._op() as conn:
             job_id: Any = await conn.client.xadd(self._jobs_key, fields)
         return str(job_id)
 
     async def claim(self, consumer: str, *, timeout_s: float) -> Job | None:
-        conn = await self._connected()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        self._claiming += 1
-        self._claims_done.clear()
-        try:
+        async with self._op() as conn:
             while not self._closed:
                 try:
                     job = await self._claim_now(conn, consumer)
@@ -193,11 +191,7 @@ class RedisBroker:
                 for _key, entries in reply or ():
                     entry_id, fields = entries[0]
                     return self._job(entry_id, fields, 1, consumer)
-            return None
-        finally:
-            self._claiming -= 1
-            if not self._claiming:
-                self._claims_done.set()
+        return None
 
     async def _wait_for_new(self, conn: _Connections, consumer: str, remaining: float) -> Any:
         """Block for a new job for at most a poll interval, behind the gate."""
@@ -212,7 +206,7 @@ class RedisBroker:
             block_s = min(deadline - loop.time(), self._poll_s)
             if block_s <= 0 or self._closed:
                 return None
-            with self._unavailable(), self._group_missing():
+            with self._group_missing():
                 return await conn.client.xreadgroup(
                     _GROUP,
                     consumer,
@@ -228,21 +222,18 @@ class RedisBroker:
             raise JobLost(f"job {job.id} (attempt {job.attempt}) is no longer held")
 
     async def ack(self, job: Job) -> None:
-        conn = await self._connected()
-        with self._unavailable():
-            async with conn.client.pipeline(transaction=True) as pipe:
-                pipe.xack(self._jobs_key, _GROUP, job.id)
-                pipe.xdel(self._jobs_key, job.id)
-                await pipe.execute()
+        async with self._op() as conn, conn.client.pipeline(transaction=True) as pipe:
+            pipe.xack(self._jobs_key, _GROUP, job.id)
+            pipe.xdel(self._jobs_key, job.id)
+            await pipe.execute()
 
     async def release(self, job: Job) -> None:
         await self._renew(job, _RELEASED, _RELEASED_IDLE_MS)
 
     async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
-        conn = await self._connected()
         if limit <= 0:
             return []
-        with self._unavailable():
+        async with self._op() as conn:
             records = await conn.client.lrange(self._dead_key, 0, limit - 1)
         letters = []
         for raw in records:
@@ -254,8 +245,7 @@ class RedisBroker:
         return letters
 
     async def queue_depth(self) -> int:
-        conn = await self._connected()
-        with self._unavailable():
+        async with self._op() as conn:
             depth: int = await conn.client.xlen(self._jobs_key)
         return depth
 
@@ -269,7 +259,7 @@ class RedisBroker:
             self.dead_letter_max,
             _STALE_SCAN,
         ]
-        with self._unavailable(), self._group_missing():
+        with self._group_missing():
             found = await conn.claim(keys=[self._jobs_key, self._dead_key], args=args)
         if not found:
             return None
@@ -277,12 +267,12 @@ class RedisBroker:
         return self._job(entry_id, dict(zip(flat[::2], flat[1::2], strict=True)), attempt, consumer)
 
     async def _renew(self, job: Job, new_owner: str, idle_ms: int) -> bool:
-        conn = await self._connected()
         consumer = job.extra.get("consumer", "")
         args: list[str | int] = [_GROUP, consumer, job.id, job.attempt, new_owner, idle_ms]
         try:
-            with self._unavailable(), self._group_missing():
-                renewed = await conn.renew(keys=[self._jobs_key], args=args)
+            async with self._op() as conn:
+                with self._group_missing():
+                    renewed = await conn.renew(keys=[self._jobs_key], args=args)
         except _GroupMissing:
             return False
         return bool(renewed)
@@ -290,12 +280,11 @@ class RedisBroker:
     async def _ensure_group(self, conn: _Connections) -> None:
         if self._group_ready:
             return
-        with self._unavailable():
-            try:
-                await conn.client.xgroup_create(self._jobs_key, _GROUP, id="0", mkstream=True)
-            except redis_errors.ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
+        try:
+            await conn.client.xgroup_create(self._jobs_key, _GROUP, id="0", mkstream=True)
+        except redis_errors.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
         self._group_ready = True
 
     @contextlib.contextmanager
@@ -317,9 +306,8 @@ class RedisBroker:
     # Event streams.
 
     async def publish(self, stream: str, type: str, data: Mapping[str, Any]) -> Event:
-        conn = await self._connected()
         body = orjson.dumps(dict(data))
-        with self._unavailable():
+        async with self._op() as conn:
             event_id: Any = await conn.client.xadd(
                 self._events_key(stream),
                 {"t": type, "d": body},
@@ -330,19 +318,18 @@ class RedisBroker:
 
     async def read(self, stream: str, after: str | None, *, timeout_s: float) -> list[Event]:
         after_id = parse_stream_id(after)
-        conn = await self._connected()
         key = self._events_key(stream)
-        if timeout_s <= 0 or not conn.fanout.covers(key, after_id):
-            start = "-" if after is None else f"({after}"
-            with self._unavailable():
+        async with self._op() as conn:
+            # Skip the look-up when the shared XREAD already covers this id: it will deliver.
+            if timeout_s <= 0 or not conn.fanout.covers(key, after_id):
+                start = "-" if after is None else f"({after}"
                 entries: Any = await conn.client.xrange(key, start, "+", count=READ_BATCH)
-            if entries or timeout_s <= 0:
-                return [event_from_entry(entry_id, fields) for entry_id, fields in entries]
+                if entries or timeout_s <= 0:
+                    return [event_from_entry(entry_id, fields) for entry_id, fields in entries]
         return await conn.fanout.wait(key, after_id, timeout_s)
 
     async def expire(self, stream: str, ttl_s: float) -> None:
-        conn = await self._connected()
-        with self._unavailable():
+        async with self._op() as conn:
             await conn.client.pexpire(self._events_key(stream), max(1, round(ttl_s * 1000)))
 
     def _events_key(self, stream: str) -> str:
@@ -351,14 +338,12 @@ class RedisBroker:
     # Cancellation.
 
     async def request_cancel(self, turn_id: str) -> None:
-        conn = await self._connected()
-        with self._unavailable():
-            ttl_ms = round(self.cancel_ttl_s * 1000)
+        ttl_ms = round(self.cancel_ttl_s * 1000)
+        async with self._op() as conn:
             await conn.client.set(self._cancel_key(turn_id), "1", px=ttl_ms)
 
     async def cancel_requested(self, turn_id: str) -> bool:
-        conn = await self._connected()
-        with self._unavailable():
+        async with self._op() as conn:
             found: int = await conn.client.exists(self._cancel_key(turn_id))
         return found > 0
 
@@ -382,20 +367,32 @@ class RedisBroker:
             retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
         )
 
-    async def _connected(self) -> _Connections:
+    @contextlib.asynccontextmanager
+    async def _op(self) -> AsyncIterator[_Connections]:
+        """One call to Redis: the clients (started on first use), counted while in flight,
+        with connection trouble as `ServiceUnavailable`."""
         if self._closed:
             raise ServiceUnavailable("the broker is closed")
         if self._conn is None:
             await self.start()
         assert self._conn is not None
-        return self._conn
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            yield self._conn
+        except _UNAVAILABLE as exc:
+            raise self._unavailable_error(exc) from exc
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.set()
+
+    async def _wake_reader(self) -> None:
+        """Interrupt the shared XREAD (it always includes this stream)."""
+        async with self._op() as conn, conn.client.pipeline(transaction=False) as pipe:
+            pipe.xadd(self._wake_key, {"w": "1"}, maxlen=1, approximate=False)
+            pipe.pexpire(self._wake_key, _WAKE_KEY_TTL_MS)
+            await pipe.execute()
 
     def _unavailable_error(self, exc: Exception) -> ServiceUnavailable:
         return ServiceUnavailable(f"{self._where} is unavailable: {exc}")
-
-    @contextlib.contextmanager
-    def _unavailable(self) -> Iterator[None]:
-        try:
-            yield
-        except _UNAVAILABLE as exc:
-            raise self._unavailable_error(exc) from exc

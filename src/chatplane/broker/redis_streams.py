@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import re
 from bisect import bisect_right
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import orjson
@@ -34,7 +34,6 @@ _STREAM_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
 _MAX_PART = 2**64 - 1
 _BACKOFF_MIN_S = 0.05
 _BACKOFF_MAX_S = 2.0
-_WAKE_KEY_TTL_MS = 3_600_000
 
 log = structlog.get_logger(__name__)
 
@@ -78,15 +77,15 @@ class StreamFanout:
         self,
         *,
         reader: Redis,
-        client: Redis,
         wake_key: str,
+        wake: Callable[[], Awaitable[None]],
         unavailable: Callable[[Exception], ServiceUnavailable],
         block_s: float = 2.0,
         sticky_s: float = 5.0,
     ) -> None:
         self._reader = reader  # a pool of one connection, used only by the loop
-        self._client = client
-        self._wake_key = wake_key
+        self._wake_key = wake_key  # the loop reads it; `wake()` appends to it
+        self._send_wake = wake
         self._unavailable = unavailable
         self._block_ms = max(1, round(block_s * 1000))
         self._sticky_s = sticky_s
@@ -155,13 +154,10 @@ class StreamFanout:
             return
         self._wake_sent = True
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                pipe.xadd(self._wake_key, {"w": "1"}, maxlen=1, approximate=False)
-                pipe.pexpire(self._wake_key, _WAKE_KEY_TTL_MS)
-                await pipe.execute()
-        except redis_errors.RedisError as exc:
+            await self._send_wake()
+        except BaseException:
             self._wake_sent = False
-            raise self._unavailable(exc) from exc
+            raise
 
     async def _run(self) -> None:
         backoff = _BACKOFF_MIN_S

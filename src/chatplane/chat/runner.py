@@ -86,6 +86,7 @@ class TurnRunner:
             await self._finish_cancelled(turn, "")
             return
         await self.broker.publish(turn_id, "turn.started", {"model": turn.model})
+        log.info("turn_started", model=turn.model, attempt=job.attempt, restarted=restarted)
 
         text: list[str] = []
         try:

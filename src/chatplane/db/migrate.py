@@ -38,3 +38,9 @@ async def current_revision(database_url: str) -> str | None:
             )
     finally:
         await engine.dispose()
+
+
+def head_revision() -> str | None:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config("")).get_current_head()
