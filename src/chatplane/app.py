@@ -7,14 +7,17 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
+from starlette.routing import Route
 
 from chatplane import __version__
 from chatplane.auth.router import router as auth_router
 from chatplane.chat.router import router as chat_router
+from chatplane.chat.sse import TurnEvents
 from chatplane.container import Services, build_services
 from chatplane.errors import ChatplaneError
 from chatplane.gateway.router import install_gateway
 from chatplane.http.middleware import HttpMiddleware
+from chatplane.http.openapi import install_openapi
 from chatplane.http.problems import install_error_handlers
 from chatplane.settings import Settings
 from chatplane.web.router import router as web_router
@@ -79,7 +82,9 @@ def create_app(
 
     app.include_router(auth_router)
     app.include_router(chat_router)
+    app.router.routes.append(Route("/api/turns/{turn_id}/events", TurnEvents(), methods=["GET"]))
     install_gateway(app)
+    install_openapi(app)
     app.include_router(web_router)
     app.mount("/static", static_files(), name="static")
     app.add_middleware(HttpMiddleware, max_body_bytes=settings.max_request_bytes)

@@ -117,3 +117,24 @@ async def test_request_id_is_echoed_or_made(live: LiveServer) -> None:
         made = await client.get("/healthz")
         assert len(made.headers["x-request-id"]) >= 16
         assert made.headers["x-content-type-options"] == "nosniff"
+
+
+async def test_openapi_describes_every_route(live: LiveServer) -> None:
+    async with httpx.AsyncClient(base_url=live.base_url) as client:
+        schema = (await client.get("/openapi.json")).json()
+    paths = schema["paths"]
+    for path in (
+        "/api/auth/login",
+        "/api/conversations",
+        "/api/conversations/{conversation_id}/messages",
+        "/api/turns/{turn_id}/events",
+        "/v1/chat/completions",
+        "/v1/models",
+        "/healthz",
+        "/readyz",
+    ):
+        assert path in paths, path
+    assert (
+        "text/event-stream"
+        in (paths["/api/turns/{turn_id}/events"]["get"]["responses"]["200"]["content"])
+    )

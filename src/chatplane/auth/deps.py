@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+from collections.abc import Mapping
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -26,22 +27,32 @@ def bearer_token(authorization: str | None) -> str | None:
     return token.strip()
 
 
-async def current_principal(
-    request: Request, services: Annotated[Services, Depends(get_services)]
+async def authenticate_request(
+    services: Services, *, method: str, headers: Mapping[str, str], cookies: Mapping[str, str]
 ) -> Principal:
-    token = bearer_token(request.headers.get("authorization"))
+    """A bearer token (API key or access token), else the web app's session cookie, which
+    also needs the CSRF header on anything but a read."""
+    token = bearer_token(headers.get("authorization"))
     if token is not None:
         return await services.auth.authenticate_bearer(token)
-    cookie = request.cookies.get(SESSION_COOKIE)
+    cookie = cookies.get(SESSION_COOKIE)
     if not cookie:
         raise Unauthorized()
     principal = await services.auth.authenticate_session_token(cookie, via_cookie=True)
-    if request.method not in SAFE_METHODS:
-        expected = request.cookies.get(CSRF_COOKIE, "")
-        given = request.headers.get(CSRF_HEADER, "")
+    if method not in SAFE_METHODS:
+        expected = cookies.get(CSRF_COOKIE, "")
+        given = headers.get(CSRF_HEADER, "")
         if not expected or not hmac.compare_digest(expected, given):
             raise Forbidden("Missing or wrong X-CSRF-Token header", code="csrf_failed")
     return principal
+
+
+async def current_principal(
+    request: Request, services: Annotated[Services, Depends(get_services)]
+) -> Principal:
+    return await authenticate_request(
+        services, method=request.method, headers=request.headers, cookies=request.cookies
+    )
 
 
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Response
-from starlette.types import Receive, Scope, Send
+from fastapi import APIRouter, Query, Response
 
 from chatplane.auth.deps import CurrentPrincipal, ServicesDep
-from chatplane.broker.protocol import Event
-from chatplane.chat.models import TERMINAL_STATES, Conversation, Turn
+from chatplane.chat.models import Conversation, Turn
 from chatplane.chat.schemas import (
     CancelOut,
     ConversationDetail,
@@ -25,7 +23,6 @@ from chatplane.chat.schemas import (
     TurnOut,
     turn_error,
 )
-from chatplane.chat.sse import TurnEventStream
 
 router = APIRouter(prefix="/api", tags=["chat"])
 
@@ -139,54 +136,3 @@ async def cancel_turn(
 ) -> CancelOut:
     turn = await services.chat.cancel_turn(principal, turn_id)
     return CancelOut(turn_id=turn.id, status=turn.status)
-
-
-class _EventsResponse(Response):
-    """Hands the ASGI call to the event stream without buffering anything."""
-
-    def __init__(self, stream: TurnEventStream) -> None:
-        super().__init__(media_type="text/event-stream")
-        self.stream = stream
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.stream(scope, receive, send)
-
-
-@router.get(
-    "/turns/{turn_id}/events",
-    response_class=Response,
-    responses={200: {"content": {"text/event-stream": {}}, "description": "Turn events (SSE)"}},
-)
-async def turn_events(
-    turn_id: str,
-    principal: CurrentPrincipal,
-    services: ServicesDep,
-    after: Annotated[str | None, Query(max_length=64)] = None,
-    last_event_id: Annotated[str | None, Header(max_length=64)] = None,
-) -> Response:
-    turn = await services.chat.get_turn(principal, turn_id)
-    resume_after = last_event_id or after
-
-    async def stored_outcome() -> Event | None:
-        latest = await services.chat.get_turn(principal, turn_id)
-        if latest.status not in TERMINAL_STATES:
-            return None
-        data: dict[str, object] = {"message_id": latest.assistant_message_id}
-        if latest.status == "failed":
-            data = {"error": turn_error(latest.error_code, latest.error_message)}
-        return Event(id="", type=f"turn.{latest.status}", data=data)
-
-    initial = await services.broker.read(turn_id, resume_after, timeout_s=0)
-    return _EventsResponse(
-        TurnEventStream(
-            services.broker,
-            turn_id,
-            resume_after,
-            initial=initial,
-            keepalive_s=services.settings.sse_keepalive_s,
-            first_wait_s=0.0
-            if turn.status in TERMINAL_STATES
-            else services.settings.sse_keepalive_s,
-            ended=stored_outcome,
-        )
-    )

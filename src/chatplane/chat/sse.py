@@ -1,16 +1,27 @@
-"""Server-sent events for a turn: exact resume after an event id, keep-alives, and no
-cost once the client is gone."""
+"""`GET /api/turns/{turn_id}/events`: server-sent events for a turn, exact resume after an
+event id, keep-alives, and no cost once the client is gone.
+
+A plain ASGI route, not a FastAPI endpoint: an open stream is the thing a process holds
+thousands of, so each one keeps only its own frame, one small watcher task and a waiter
+in the broker (no dependency graph, no response object, no extra streaming task)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
+from urllib.parse import parse_qs
 
 import orjson
+from starlette.requests import HTTPConnection
 from starlette.types import Receive, Scope, Send
 
-from chatplane.broker.protocol import Broker, Event
+from chatplane.auth.deps import authenticate_request
+from chatplane.broker.protocol import Event
+from chatplane.chat.models import TERMINAL_STATES
+from chatplane.chat.schemas import turn_error
+from chatplane.container import Services
+from chatplane.errors import BadRequest, ChatplaneError
+from chatplane.http.problems import error_response
 
 TERMINAL_EVENTS = frozenset({"turn.completed", "turn.failed", "turn.cancelled"})
 SSE_HEADERS = [
@@ -18,7 +29,9 @@ SSE_HEADERS = [
     (b"cache-control", b"no-cache, no-transform"),
     (b"x-accel-buffering", b"no"),
 ]
+RETRY = b"retry: 1000\n\n"
 KEEPALIVE = b": keepalive\n\n"
+MAX_EVENT_ID = 64
 
 
 def frame(event: Event) -> bytes:
@@ -29,79 +42,116 @@ def frame(event: Event) -> bytes:
     )
 
 
-class TurnEventStream:
-    """An ASGI response that follows one turn's event stream from `after` on, starting
-    with `initial` (read by the route, so a bad id fails before the response starts).
+def _final(event: Event) -> bytes:
+    """The stored outcome of a turn whose events expired: no id, nothing follows it."""
+    return b"event: %s\ndata: %s\n\n" % (event.type.encode(), orjson.dumps(dict(event.data)))
 
-    `ended` is asked when the broker has nothing for us: a turn that finished long ago
-    has no stream left, and the stored outcome is sent as the last event instead."""
 
+def _resume_after(connection: HTTPConnection) -> str | None:
+    after = connection.headers.get("last-event-id")
+    if after is None:
+        values = parse_qs(connection.scope["query_string"].decode("latin-1")).get("after")
+        after = values[0] if values else None
+    if after is not None and len(after) > MAX_EVENT_ID:
+        raise BadRequest("The event id is too long", code="invalid_event_id", field="after")
+    return after or None
+
+
+class TurnEvents:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        services: Services = scope["app"].state.services
+        connection = HTTPConnection(scope)
+        turn_id: str = scope["path_params"]["turn_id"]
+        try:
+            principal = await authenticate_request(
+                services, method="GET", headers=connection.headers, cookies=connection.cookies
+            )
+            turn = await services.chat.get_turn(principal, turn_id)
+            after = _resume_after(connection)
+            # Read before answering, so a bad id is a 400, not a broken stream.
+            events = await services.broker.read(turn_id, after, timeout_s=0)
+        except ChatplaneError as exc:
+            await error_response(scope["path"], exc)(scope, receive, send)
+            return
+
+        async def stored_outcome() -> Event | None:
+            latest = await services.chat.get_turn(principal, turn_id)
+            if latest.status not in TERMINAL_STATES:
+                return None
+            data: dict[str, object] = {"message_id": latest.assistant_message_id}
+            if latest.status == "failed":
+                data = {"error": turn_error(latest.error_code, latest.error_message)}
+            return Event(id="", type=f"turn.{latest.status}", data=data)
+
+        stream = _Stream(services, turn_id, after, events, stored_outcome)
+        ended_long_ago = turn.status in TERMINAL_STATES and not events
+        del connection, turn, events  # an idle stream keeps only what it needs
+        await stream.run(receive, send, first_wait_s=0.0 if ended_long_ago else None)
+
+
+class _Stream:
     def __init__(
         self,
-        broker: Broker,
+        services: Services,
         turn_id: str,
         after: str | None,
-        *,
-        initial: list[Event],
-        keepalive_s: float,
-        first_wait_s: float,
-        ended: Callable[[], Awaitable[Event | None]],
+        events: list[Event],
+        stored_outcome: Callable[[], Awaitable[Event | None]],
     ) -> None:
-        self.first_wait_s = first_wait_s
-        self.initial = initial
-        self.broker = broker
+        self.broker = services.broker
+        self.keepalive_s = services.settings.sse_keepalive_s
         self.turn_id = turn_id
         self.after = after
-        self.keepalive_s = keepalive_s
-        self.ended = ended
+        self.events = events
+        self.stored_outcome = stored_outcome
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        stream = asyncio.create_task(self._stream(send))
-        disconnect = asyncio.create_task(_wait_disconnect(receive))
+    async def run(self, receive: Receive, send: Send, *, first_wait_s: float | None) -> None:
+        """Stream until a terminal event; a watcher cancels us when the client leaves."""
+        me = asyncio.current_task()
+        assert me is not None
+        gone = False
+
+        async def watch() -> None:
+            nonlocal gone
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone = True
+            me.cancel()
+
+        watcher = asyncio.create_task(watch())
         try:
-            await asyncio.wait({stream, disconnect}, return_when=asyncio.FIRST_COMPLETED)
+            await self._send_events(send, first_wait_s)
+        except asyncio.CancelledError:
+            if not gone:
+                raise
+            me.uncancel()  # the client left: a normal end for us, not a cancellation
+        except OSError:
+            pass  # the connection broke while we were writing
         finally:
-            disconnect.cancel()
-            stream.cancel()  # a no-op when it ended by itself
-            await asyncio.gather(disconnect, return_exceptions=True)
-            with contextlib.suppress(asyncio.CancelledError):
-                await stream  # re-raises what the stream itself raised
+            watcher.cancel()
 
-    async def _stream(self, send: Send) -> None:
+    async def _send_events(self, send: Send, first_wait_s: float | None) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
-        await send({"type": "http.response.body", "body": b"retry: 1000\n\n", "more_body": True})
-        after = self.after
-        checked_ended = False
-        wait_s = self.first_wait_s
-        events = self.initial
+        await send({"type": "http.response.body", "body": RETRY, "more_body": True})
+        after, events = self.after, self.events
+        wait_s = self.keepalive_s if first_wait_s is None else first_wait_s
+        checked_outcome = False
         while True:
             if not events:
                 events = await self.broker.read(self.turn_id, after, timeout_s=wait_s)
                 wait_s = self.keepalive_s
             if not events:
-                if not checked_ended:
-                    checked_ended = True
-                    final = await self.ended()
+                if not checked_outcome:
+                    checked_outcome = True
+                    final = await self.stored_outcome()
                     if final is not None:
-                        await send({"type": "http.response.body", "body": _synthetic(final)})
+                        await send({"type": "http.response.body", "body": _final(final)})
                         return
                 await send({"type": "http.response.body", "body": KEEPALIVE, "more_body": True})
                 continue
-            body = b"".join(frame(event) for event in events)
-            after = events[-1].id
             last = any(event.type in TERMINAL_EVENTS for event in events)
+            body = b"".join(frame(event) for event in events)
             await send({"type": "http.response.body", "body": body, "more_body": not last})
             if last:
                 return
-            events = []
-
-
-def _synthetic(event: Event) -> bytes:
-    return b"event: %s\ndata: %s\n\n" % (event.type.encode(), orjson.dumps(dict(event.data)))
-
-
-async def _wait_disconnect(receive: Receive) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return
+            after, events = events[-1].id, []
