@@ -41,14 +41,19 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 
 
 def load_settings() -> Settings:
+    """Settings from the environment; logs go to stderr, so stdout carries only results."""
+    from chatplane.observability.logging import configure_logging
+
     try:
-        return Settings()
+        settings = Settings()
     except ValidationError as exc:
         problems = "; ".join(
             f"CHATPLANE_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
             for e in exc.errors()
         )
         raise fail(f"invalid configuration: {problems}", 2) from exc
+    configure_logging(settings)
+    return settings
 
 
 def run(coroutine: Coroutine[Any, Any, T]) -> T:
@@ -63,6 +68,7 @@ def run(coroutine: Coroutine[Any, Any, T]) -> T:
 
 @asynccontextmanager
 async def _auth(settings: Settings) -> AsyncIterator[AuthService]:
+    from chatplane.auth.audit import AuditLog
     from chatplane.auth.secrets import Passwords
     from chatplane.auth.service import AuthService
     from chatplane.db import migrate
@@ -72,7 +78,7 @@ async def _auth(settings: Settings) -> AsyncIterator[AuthService]:
         await migrate.upgrade(settings.resolved_database_url)
     db = Database(create_engine(settings))
     try:
-        yield AuthService(db, settings, Passwords(settings))
+        yield AuthService(db, settings, Passwords(settings), AuditLog(db))
     finally:
         await db.close()
 
@@ -89,10 +95,8 @@ def serve(
     import uvicorn
 
     from chatplane.app import create_app
-    from chatplane.observability.logging import configure_logging
 
     settings = load_settings()
-    configure_logging(settings)
     bind_host = host or settings.host
     bind_port = port if port is not None else settings.port
     if workers > 1 and not settings.redis_url:
@@ -134,7 +138,6 @@ def worker(
     ),
 ) -> None:
     """Run turns from the Redis queue (the scaled shape); SIGTERM drains it."""
-    from chatplane.observability.logging import configure_logging
     from chatplane.worker import run_worker
 
     settings = load_settings()
@@ -142,7 +145,6 @@ def worker(
         raise fail("the worker takes turns from Redis: set CHATPLANE_REDIS_URL", 2)
     if concurrency is not None:
         settings = settings.model_copy(update={"turn_concurrency": concurrency})
-    configure_logging(settings)
     import uvloop
 
     try:

@@ -8,14 +8,18 @@ import aiohttp
 import structlog
 from fastapi import Request
 
+from chatplane.auth.audit import AuditLog
 from chatplane.auth.secrets import Passwords
 from chatplane.auth.service import AuthService
+from chatplane.auth.sessions import SessionService
 from chatplane.broker import create_broker
 from chatplane.broker.protocol import Broker
 from chatplane.chat.runner import TurnRunner
 from chatplane.chat.service import ChatService
 from chatplane.chat.worker import TurnWorker
 from chatplane.db.engine import Database, create_engine
+from chatplane.http.client import ClientResolver
+from chatplane.limits import WindowCounter, create_window_counter
 from chatplane.providers.http import create_upstream_session
 from chatplane.providers.registry import ModelRegistry, build_registry
 from chatplane.settings import Settings
@@ -32,6 +36,10 @@ class Services:
     http: aiohttp.ClientSession
     registry: ModelRegistry
     auth: AuthService
+    sessions: SessionService
+    audit: AuditLog
+    failures: WindowCounter
+    clients: ClientResolver
     chat: ChatService
     runner: TurnRunner
     usage: UsageRecorder
@@ -43,6 +51,7 @@ class Services:
         await self.usage.close()
         await self.registry.close()
         await self.http.close()
+        await self.failures.close()
         await self.broker.close()
         await self.db.close()
 
@@ -65,13 +74,21 @@ async def build_services(
     http = create_upstream_session(settings)
     registry = await build_registry(settings, http)
     runner = TurnRunner(db, broker, registry, settings)
+    audit = AuditLog(db)
+    passwords = Passwords(settings)
+    auth = AuthService(db, settings, passwords, audit)
+    failures = create_window_counter(settings)
     services = Services(
         settings=settings,
         db=db,
         broker=broker,
         http=http,
         registry=registry,
-        auth=AuthService(db, settings, Passwords(settings)),
+        auth=auth,
+        sessions=SessionService(db, settings, passwords, auth, failures, audit),
+        audit=audit,
+        failures=failures,
+        clients=ClientResolver(settings.trusted_proxies),
         chat=ChatService(db, broker, registry),
         runner=runner,
         usage=UsageRecorder(db),

@@ -71,6 +71,12 @@ class PayloadTooLarge(ChatplaneError):
     title = "Request body too large"
 
 
+class TooManyRequests(ChatplaneError):
+    code = "rate_limited"
+    status = 429
+    title = "Too many requests"
+
+
 class ServiceUnavailable(ChatplaneError):
     code = "service_unavailable"
     status = 503

@@ -72,6 +72,23 @@ class Settings(BaseSettings):
     # On SIGTERM: how long running turns may finish before they are handed back.
     drain_timeout_s: float = Field(default=25.0, ge=0)
 
+    # Single sign-on with any OpenID Connect provider (authorization code + PKCE).
+    oidc_issuer: str | None = None
+    oidc_client_id: str | None = None
+    oidc_client_secret: SecretStr | None = None
+    oidc_scopes: str = "openid email profile"
+    oidc_redirect_url: str | None = None  # default: <this server>/api/auth/sso/callback
+    oidc_provider_name: str = "Single sign-on"
+
+    # Brute-force defence: failed logins per account and per client IP within a window.
+    login_max_failures: int = Field(default=5, ge=1)
+    login_window_s: int = Field(default=900, ge=1)
+
+    # Client IPs: X-Forwarded-For is believed only from these proxies (IPs or CIDRs).
+    trusted_proxies: list[str] = Field(default_factory=list)
+    # Cross-origin requests: allowed origins (none by default).
+    cors_origins: list[str] = Field(default_factory=list)
+
     # Database pool (scaled shape).
     db_pool_size: int = Field(default=10, ge=1)
     db_max_overflow: int = Field(default=10, ge=0)

@@ -62,6 +62,8 @@ async def live(
         openai_base_url=fake_openai.base_url,
         max_request_kb=64,
         model_prices={"gpt-fake": [2.0, 8.0]},
+        # Tests speak through "a proxy" on loopback, so each can be its own client IP.
+        trusted_proxies=["127.0.0.1"],
     )
     # The Postgres shapes share one database: each has its own user.
     server = await start_live_server(settings, email=f"ada.{shape.name}@example.com")

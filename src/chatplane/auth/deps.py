@@ -11,6 +11,7 @@ from fastapi import Depends, Request
 from chatplane.auth.principal import Principal
 from chatplane.container import Services, get_services
 from chatplane.errors import Forbidden, Unauthorized
+from chatplane.http.client import ClientInfo
 
 SESSION_COOKIE = "chatplane_session"
 CSRF_COOKIE = "chatplane_csrf"
@@ -55,5 +56,36 @@ async def current_principal(
     )
 
 
+def require_scope(principal: Principal, scope: str) -> Principal:
+    if not principal.may(scope):
+        raise Forbidden(f"This credential lacks the '{scope}' scope", code="insufficient_scope")
+    return principal
+
+
+async def chat_principal(
+    principal: Annotated[Principal, Depends(current_principal)],
+) -> Principal:
+    return require_scope(principal, "chat")
+
+
+async def admin_principal(
+    principal: Annotated[Principal, Depends(current_principal)],
+) -> Principal:
+    require_scope(principal, "admin")
+    if not principal.is_admin:
+        raise Forbidden("Only admins of the organisation may do this", code="not_admin")
+    return principal
+
+
+def client_info(
+    request: Request, services: Annotated[Services, Depends(get_services)]
+) -> ClientInfo:
+    peer = request.client.host if request.client else None
+    return services.clients.resolve(peer, request.headers)
+
+
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
+ChatPrincipal = Annotated[Principal, Depends(chat_principal)]
+AdminPrincipal = Annotated[Principal, Depends(admin_principal)]
 ServicesDep = Annotated[Services, Depends(get_services)]
+ClientDep = Annotated[ClientInfo, Depends(client_info)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, ForeignKey, Index, Integer, Numeric, String
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, Numeric, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from chatplane.db.base import Base, CreatedMixin, IdMixin, UTCDateTime
@@ -17,6 +17,9 @@ class Tenant(IdMixin, CreatedMixin, Base):
 
     slug: Mapped[str] = mapped_column(String(64), unique=True)
     name: Mapped[str] = mapped_column(String(200))
+    # Single sign-on provisions users whose email is in one of these domains (comma list).
+    sso_domains: Mapped[str] = mapped_column(String(1000), default="")
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class User(IdMixin, CreatedMixin, Base):
@@ -28,6 +31,7 @@ class User(IdMixin, CreatedMixin, Base):
     role: Mapped[str] = mapped_column(String(16), default="member")
     is_superadmin: Mapped[bool] = mapped_column(Boolean, default=False)
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class ApiKey(IdMixin, CreatedMixin, Base):
@@ -47,12 +51,55 @@ class ApiKey(IdMixin, CreatedMixin, Base):
 
 
 class WebSession(IdMixin, CreatedMixin, Base):
-    """A login: the refresh token (stored hashed) and its lifetime."""
+    """A login, and the family of refresh tokens it hands out: revoking it ends them all."""
 
     __tablename__ = "web_sessions"
     __table_args__ = (Index("ix_web_sessions_user", "user_id"),)
 
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
-    refresh_hash: Mapped[str] = mapped_column(String(64), unique=True)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    revoked_reason: Mapped[str | None] = mapped_column(String(64))
+    method: Mapped[str] = mapped_column(String(16), default="password")  # password | sso
+    ip: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(300))
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class RefreshToken(IdMixin, CreatedMixin, Base):
+    """One refresh token of a session; used once. Presenting a used one again means it was
+    stolen (or replayed), and the whole session is revoked."""
+
+    __tablename__ = "refresh_tokens"
+
+    session_id: Mapped[str] = mapped_column(
+        ForeignKey("web_sessions.id", ondelete="CASCADE"), index=True
+    )
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class Invitation(IdMixin, CreatedMixin, Base):
+    __tablename__ = "invitations"
+
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    email: Mapped[str] = mapped_column(String(320))
+    role: Mapped[str] = mapped_column(String(16), default="member")
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_by: Mapped[str | None] = mapped_column(String(32))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    accepted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class AuditEvent(IdMixin, CreatedMixin, Base):
+    """Security events: logins and failures, role, key and session changes."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (Index("ix_audit_tenant_created", "tenant_id", "created_at"),)
+
+    tenant_id: Mapped[str | None] = mapped_column(String(32))
+    actor_id: Mapped[str | None] = mapped_column(String(32))
+    action: Mapped[str] = mapped_column(String(64))
+    subject: Mapped[str | None] = mapped_column(String(320))
+    ip: Mapped[str | None] = mapped_column(String(64))
+    detail: Mapped[str] = mapped_column(Text, default="{}")

@@ -51,9 +51,3 @@ class AuthRepository:
         )
         row = (await self.session.execute(statement)).first()
         return None if row is None else (row[0], row[1])
-
-    async def session_by_refresh_hash(self, refresh_hash: str) -> WebSession | None:
-        result = await self.session.scalars(
-            select(WebSession).where(WebSession.refresh_hash == refresh_hash)
-        )
-        return result.first()

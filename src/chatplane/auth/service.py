@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 import jwt
 from sqlalchemy.exc import IntegrityError
 
+from chatplane.auth.audit import AuditLog
 from chatplane.auth.models import ROLES, ApiKey, Tenant, User, WebSession
 from chatplane.auth.principal import Principal
 from chatplane.auth.repository import AuthRepository
@@ -16,29 +17,35 @@ from chatplane.auth.secrets import (
     API_KEY_PREFIX,
     Passwords,
     new_api_key,
-    new_opaque_token,
     token_hash,
 )
 from chatplane.cache import TTLCache
 from chatplane.db.base import new_id, utcnow
 from chatplane.db.engine import Database
-from chatplane.errors import Conflict, InvalidCredentials, NotFound, Unauthorized, ValidationFailed
+from chatplane.errors import Conflict, NotFound, Unauthorized, ValidationFailed
 from chatplane.settings import Settings
 
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 MIN_PASSWORD_LENGTH = 8
+MAX_PASSWORD_LENGTH = 1024
 JWT_ALGORITHM = "HS256"
+PRINCIPAL_CACHE_S = 5.0
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 
-@dataclass(frozen=True, slots=True)
-class LoginResult:
-    access_token: str
-    refresh_token: str
-    expires_in: int
-    session_token: str  # for the web app's cookie; lives as long as the session
-    session_expires_in: int
+API_KEY_SCOPES = frozenset({"chat", "admin"})
+
+
+def validate_password(password: str) -> None:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise ValidationFailed(
+            f"The password needs at least {MIN_PASSWORD_LENGTH} characters", field="password"
+        )
+    if len(password) > MAX_PASSWORD_LENGTH:
+        raise ValidationFailed(
+            f"The password has at most {MAX_PASSWORD_LENGTH} characters", field="password"
+        )
 
 
 def normalize_email(email: str) -> str:
@@ -49,11 +56,21 @@ def normalize_email(email: str) -> str:
 
 
 class AuthService:
-    def __init__(self, db: Database, settings: Settings, passwords: Passwords) -> None:
+    def __init__(
+        self, db: Database, settings: Settings, passwords: Passwords, audit: AuditLog
+    ) -> None:
         self.db = db
         self.settings = settings
         self.passwords = passwords
-        self._principals: TTLCache[str, Principal] = TTLCache(ttl_s=5.0)
+        self.audit = audit
+        # Revocations reach this process at once and other processes within the TTL.
+        self._principals: TTLCache[str, Principal] = TTLCache(ttl_s=PRINCIPAL_CACHE_S)
+
+    def forget_session(self, session_id: str) -> None:
+        self._principals.pop(f"s:{session_id}")
+
+    def forget_api_key(self, key_hash: str) -> None:
+        self._principals.pop(f"k:{key_hash}")
 
     # Users and keys (CLI and admin).
 
@@ -61,10 +78,7 @@ class AuthService:
         self, email: str, password: str, *, tenant_slug: str = "default", role: str = "member"
     ) -> User:
         email = normalize_email(email)
-        if len(password) < MIN_PASSWORD_LENGTH:
-            raise ValidationFailed(
-                f"The password needs at least {MIN_PASSWORD_LENGTH} characters", field="password"
-            )
+        validate_password(password)
         if role not in ROLES:
             raise ValidationFailed(f"Unknown role {role!r}", field="role")
         if not SLUG_RE.match(tenant_slug):
@@ -99,11 +113,16 @@ class AuthService:
         rpm: int | None = None,
         budget_usd: float | None = None,
         expires_at: datetime | None = None,
+        scopes: frozenset[str] = frozenset({"chat"}),
     ) -> tuple[ApiKey, str]:
         email = normalize_email(email)
         name = name.strip()
         if not 1 <= len(name) <= 100:
             raise ValidationFailed("A key name has 1 to 100 characters", field="name")
+        if not scopes or not scopes <= API_KEY_SCOPES:
+            raise ValidationFailed(
+                f"Scopes are one or more of {sorted(API_KEY_SCOPES)}", field="scopes"
+            )
         plaintext = new_api_key()
         async with self.db.session() as session:
             user = await AuthRepository(session).user_by_email(email)
@@ -116,85 +135,21 @@ class AuthService:
                 name=name,
                 prefix=plaintext[: len(API_KEY_PREFIX) + 6],
                 key_hash=token_hash(plaintext),
+                scopes=",".join(sorted(scopes)),
                 rpm=rpm,
                 budget_usd=budget_usd,
                 expires_at=expires_at,
             )
             session.add(key)
             await session.commit()
+        await self.audit.record(
+            "key.created",
+            tenant_id=user.tenant_id,
+            actor_id=user.id,
+            subject=key.prefix,
+            scopes=key.scopes,
+        )
         return key, plaintext
-
-    # Sessions.
-
-    async def login(self, email: str, password: str) -> LoginResult:
-        try:
-            email = normalize_email(email)
-        except ValidationFailed:
-            email = ""
-        async with self.db.session() as session:
-            user = await AuthRepository(session).user_by_email(email) if email else None
-        # Always verify, so an unknown email costs the same time as a wrong password.
-        valid = await self.passwords.verify(user.password_hash if user else None, password)
-        if user is None or not valid or user.disabled:
-            raise InvalidCredentials()
-        return await self._open_session(user)
-
-    async def refresh(self, refresh_token: str) -> LoginResult:
-        async with self.db.session() as session:
-            repo = AuthRepository(session)
-            web_session = await repo.session_by_refresh_hash(token_hash(refresh_token))
-            if web_session is None or not _session_alive(web_session):
-                raise Unauthorized("The refresh token is not valid", code="invalid_refresh_token")
-            user = await repo.user_by_id(web_session.user_id)
-            if user is None or user.disabled:
-                raise Unauthorized("The refresh token is not valid", code="invalid_refresh_token")
-            new_refresh = new_opaque_token()
-            web_session.refresh_hash = token_hash(new_refresh)
-            await session.commit()
-        return self._tokens(user, web_session, new_refresh)
-
-    async def logout(self, session_id: str) -> None:
-        async with self.db.session() as session:
-            web_session = await session.get(WebSession, session_id)
-            if web_session is not None and web_session.revoked_at is None:
-                web_session.revoked_at = utcnow()
-                await session.commit()
-        self._principals.pop(f"s:{session_id}")
-
-    async def _open_session(self, user: User) -> LoginResult:
-        refresh = new_opaque_token()
-        web_session = WebSession(
-            id=new_id(),
-            user_id=user.id,
-            refresh_hash=token_hash(refresh),
-            expires_at=utcnow() + timedelta(seconds=self.settings.session_ttl_s),
-        )
-        async with self.db.session() as session:
-            session.add(web_session)
-            await session.commit()
-        return self._tokens(user, web_session, refresh)
-
-    def _tokens(self, user: User, web_session: WebSession, refresh: str) -> LoginResult:
-        access_ttl = self.settings.access_token_ttl_s
-        session_left = int((web_session.expires_at - utcnow()).total_seconds())
-        return LoginResult(
-            access_token=self._jwt(user, web_session.id, min(access_ttl, session_left)),
-            refresh_token=refresh,
-            expires_in=min(access_ttl, session_left),
-            session_token=self._jwt(user, web_session.id, session_left),
-            session_expires_in=session_left,
-        )
-
-    def _jwt(self, user: User, session_id: str, ttl_s: int) -> str:
-        now = utcnow()
-        claims = {
-            "sub": user.id,
-            "tid": user.tenant_id,
-            "sid": session_id,
-            "iat": now,
-            "exp": now + timedelta(seconds=ttl_s),
-        }
-        return jwt.encode(claims, self.settings.signing_key, algorithm=JWT_ALGORITHM)
 
     # Authentication of requests.
 
@@ -222,7 +177,10 @@ class AuthService:
             if api_key.last_used_at is None or now - api_key.last_used_at > LAST_USED_RESOLUTION:
                 await repo.touch_api_key(api_key.id, now)
                 await session.commit()
-        principal = _principal(user, api_key_id=api_key.id)
+        principal = replace(
+            _principal(user, api_key_id=api_key.id),
+            scopes=frozenset(api_key.scopes.split(",")),
+        )
         self._principals.put(f"k:{digest}", principal)
         return principal
 

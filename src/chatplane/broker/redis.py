@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
@@ -44,7 +45,12 @@ from chatplane.broker.protocol import (
     JobLost,
 )
 from chatplane.broker.redis_scripts import CLAIM, RENEW
-from chatplane.broker.redis_streams import StreamFanout, event_from_entry, parse_stream_id
+from chatplane.broker.redis_streams import (
+    StreamFanout,
+    event_from_entry,
+    parse_stream_id,
+    raise_if_cancel_was_lost,
+)
 from chatplane.errors import ServiceUnavailable
 
 _GROUP = "workers"
@@ -139,7 +145,7 @@ class RedisBroker:
         fanout = StreamFanout(
             reader=reader,
             wake_key=self._wake_key,
-            wake=self._wake_reader,
+            wake=functools.partial(self._wake_reader, client),
             unavailable=self._unavailable_error,
             block_s=self.read_block_s,
         )
@@ -178,6 +184,7 @@ class RedisBroker:
         deadline = loop.time() + timeout_s
         async with self._op() as conn:
             while not self._closed:
+                raise_if_cancel_was_lost()
                 try:
                     job = await self._claim_now(conn, consumer)
                     if job is not None:
@@ -369,27 +376,35 @@ class RedisBroker:
 
     @contextlib.asynccontextmanager
     async def _op(self) -> AsyncIterator[_Connections]:
-        """One call to Redis: the clients (started on first use), counted while in flight,
-        with connection trouble as `ServiceUnavailable`."""
+        """One call to Redis on the clients (started on first use)."""
         if self._closed:
             raise ServiceUnavailable("the broker is closed")
         if self._conn is None:
             await self.start()
         assert self._conn is not None
+        async with self._tracked():
+            yield self._conn
+
+    @contextlib.asynccontextmanager
+    async def _tracked(self) -> AsyncIterator[None]:
+        """Counted while in flight, connection trouble as `ServiceUnavailable`, and a
+        cancellation that redis-py swallowed raised again."""
         self._in_flight += 1
         self._idle.clear()
         try:
-            yield self._conn
+            yield
         except _UNAVAILABLE as exc:
             raise self._unavailable_error(exc) from exc
         finally:
             self._in_flight -= 1
             if not self._in_flight:
                 self._idle.set()
+        raise_if_cancel_was_lost()
 
-    async def _wake_reader(self) -> None:
-        """Interrupt the shared XREAD (it always includes this stream)."""
-        async with self._op() as conn, conn.client.pipeline(transaction=False) as pipe:
+    async def _wake_reader(self, client: Redis) -> None:
+        """Interrupt the shared XREAD (it always includes this stream). Also used while
+        closing, so it does not check whether the broker is open."""
+        async with self._tracked(), client.pipeline(transaction=False) as pipe:
             pipe.xadd(self._wake_key, {"w": "1"}, maxlen=1, approximate=False)
             pipe.pexpire(self._wake_key, _WAKE_KEY_TTL_MS)
             await pipe.execute()

@@ -14,6 +14,7 @@ so an SSE client that comes straight back for the next event does not cost a wak
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from bisect import bisect_right
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -34,8 +35,18 @@ _STREAM_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
 _MAX_PART = 2**64 - 1
 _BACKOFF_MIN_S = 0.05
 _BACKOFF_MAX_S = 2.0
+_STOP_GRACE_S = 5.0
 
 log = structlog.get_logger(__name__)
+
+
+def raise_if_cancel_was_lost() -> None:
+    """redis-py can swallow a cancellation that lands inside a command (the redis-py#2028
+    family): the command returns as if nothing happened. A task that was asked to stop
+    (`cancelling()`) still stops, and a caller's `asyncio.timeout` still fires."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def parse_stream_id(value: str | None) -> StreamId:
@@ -132,12 +143,18 @@ class StreamFanout:
         return result
 
     async def close(self) -> None:
+        """Wake every waiter with no events and stop the loop. The loop is cancelled and
+        also woken, since redis-py may swallow a cancellation during its XREAD."""
         self._closed = True
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
         self._resolve_all(None)
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(ServiceUnavailable):
+                await self._send_wake()
+            await asyncio.wait({task}, timeout=self._block_ms / 1000 + _STOP_GRACE_S)
+        if task is not None and task.done() and not task.cancelled():
+            task.exception()  # retrieved: it was logged where it happened
         self._reading = {}
         self._sticky.clear()
 
@@ -161,13 +178,16 @@ class StreamFanout:
 
     async def _run(self) -> None:
         backoff = _BACKOFF_MIN_S
-        while True:
+        while not self._closed:
             streams = self._snapshot()
             try:
                 reply: Any = await self._reader.xread(
                     streams, count=READ_BATCH, block=self._block_ms
                 )
+                raise_if_cancel_was_lost()
             except redis_errors.RedisError as exc:
+                if self._closed:
+                    return
                 log.warning("broker.reader.error", error=str(exc), retry_in_s=backoff)
                 self._reading = {}
                 self._sticky.clear()

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from chatplane.auth.deps import CurrentPrincipal, ServicesDep
+from chatplane.auth.deps import ChatPrincipal, ServicesDep
 from chatplane.chat.models import Conversation, Turn
 from chatplane.chat.schemas import (
     CancelOut,
@@ -47,7 +47,7 @@ def _turn(turn: Turn) -> TurnOut:
 
 
 @router.get("/models", response_model=ModelsOut)
-async def list_models(_: CurrentPrincipal, services: ServicesDep) -> ModelsOut:
+async def list_models(_: ChatPrincipal, services: ServicesDep) -> ModelsOut:
     registry = services.registry
     return ModelsOut(
         default_model=registry.default_model,
@@ -57,7 +57,7 @@ async def list_models(_: CurrentPrincipal, services: ServicesDep) -> ModelsOut:
 
 @router.get("/conversations", response_model=ConversationPage)
 async def list_conversations(
-    principal: CurrentPrincipal,
+    principal: ChatPrincipal,
     services: ServicesDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
@@ -70,7 +70,7 @@ async def list_conversations(
 
 @router.post("/conversations", status_code=201, response_model=ConversationOut)
 async def create_conversation(
-    body: ConversationIn, principal: CurrentPrincipal, services: ServicesDep
+    body: ConversationIn, principal: ChatPrincipal, services: ServicesDep
 ) -> ConversationOut:
     conversation = await services.chat.create_conversation(
         principal, title=body.title, model=body.model
@@ -80,7 +80,7 @@ async def create_conversation(
 
 @router.get("/conversations/{conversation_id}", response_model=ConversationDetail)
 async def get_conversation(
-    conversation_id: str, principal: CurrentPrincipal, services: ServicesDep
+    conversation_id: str, principal: ChatPrincipal, services: ServicesDep
 ) -> ConversationDetail:
     view = await services.chat.get_conversation(principal, conversation_id)
     return ConversationDetail(
@@ -94,7 +94,7 @@ async def get_conversation(
 async def rename_conversation(
     conversation_id: str,
     body: ConversationPatch,
-    principal: CurrentPrincipal,
+    principal: ChatPrincipal,
     services: ServicesDep,
 ) -> ConversationOut:
     conversation = await services.chat.rename_conversation(principal, conversation_id, body.title)
@@ -103,7 +103,7 @@ async def rename_conversation(
 
 @router.delete("/conversations/{conversation_id}", status_code=204)
 async def delete_conversation(
-    conversation_id: str, principal: CurrentPrincipal, services: ServicesDep
+    conversation_id: str, principal: ChatPrincipal, services: ServicesDep
 ) -> Response:
     await services.chat.delete_conversation(principal, conversation_id)
     return Response(status_code=204)
@@ -113,7 +113,7 @@ async def delete_conversation(
     "/conversations/{conversation_id}/messages", status_code=202, response_model=TurnAccepted
 )
 async def post_message(
-    conversation_id: str, body: MessageIn, principal: CurrentPrincipal, services: ServicesDep
+    conversation_id: str, body: MessageIn, principal: ChatPrincipal, services: ServicesDep
 ) -> TurnAccepted:
     turn = await services.chat.post_message(
         principal, conversation_id, content=body.content, model=body.model
@@ -126,13 +126,11 @@ async def post_message(
 
 
 @router.get("/turns/{turn_id}", response_model=TurnOut)
-async def get_turn(turn_id: str, principal: CurrentPrincipal, services: ServicesDep) -> TurnOut:
+async def get_turn(turn_id: str, principal: ChatPrincipal, services: ServicesDep) -> TurnOut:
     return _turn(await services.chat.get_turn(principal, turn_id))
 
 
 @router.post("/turns/{turn_id}/cancel", status_code=202, response_model=CancelOut)
-async def cancel_turn(
-    turn_id: str, principal: CurrentPrincipal, services: ServicesDep
-) -> CancelOut:
+async def cancel_turn(turn_id: str, principal: ChatPrincipal, services: ServicesDep) -> CancelOut:
     turn = await services.chat.cancel_turn(principal, turn_id)
     return CancelOut(turn_id=turn.id, status=turn.status)

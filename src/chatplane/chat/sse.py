@@ -15,7 +15,7 @@ import orjson
 from starlette.requests import HTTPConnection
 from starlette.types import Receive, Scope, Send
 
-from chatplane.auth.deps import authenticate_request
+from chatplane.auth.deps import authenticate_request, require_scope
 from chatplane.broker.protocol import Event
 from chatplane.chat.models import TERMINAL_STATES
 from chatplane.chat.schemas import turn_error
@@ -63,8 +63,11 @@ class TurnEvents:
         connection = HTTPConnection(scope)
         turn_id: str = scope["path_params"]["turn_id"]
         try:
-            principal = await authenticate_request(
-                services, method="GET", headers=connection.headers, cookies=connection.cookies
+            principal = require_scope(
+                await authenticate_request(
+                    services, method="GET", headers=connection.headers, cookies=connection.cookies
+                ),
+                "chat",
             )
             turn = await services.chat.get_turn(principal, turn_id)
             after = _resume_after(connection)

@@ -1,15 +1,26 @@
 """Every table, imported in one place for Alembic and the metadata."""
 
-from chatplane.auth.models import ApiKey, Tenant, User, WebSession
+from chatplane.auth.models import (
+    ApiKey,
+    AuditEvent,
+    Invitation,
+    RefreshToken,
+    Tenant,
+    User,
+    WebSession,
+)
 from chatplane.chat.models import Conversation, Message, Turn
 from chatplane.db.base import Base
 from chatplane.usage.models import UsageRecord
 
 __all__ = [
     "ApiKey",
+    "AuditEvent",
     "Base",
     "Conversation",
+    "Invitation",
     "Message",
+    "RefreshToken",
     "Tenant",
     "Turn",
     "UsageRecord",

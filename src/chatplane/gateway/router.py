@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
-from chatplane.auth.deps import bearer_token
+from chatplane.auth.deps import bearer_token, require_scope
 from chatplane.auth.principal import Principal
 from chatplane.container import Services
 from chatplane.errors import ChatplaneError, ProviderError, Unauthorized
@@ -51,7 +51,7 @@ async def _authenticate(services: Services, scope: Scope) -> Principal:
         if name == b"authorization":
             token = bearer_token(value.decode("latin-1"))
             if token:
-                return await services.auth.authenticate_bearer(token)
+                return require_scope(await services.auth.authenticate_bearer(token), "chat")
     raise Unauthorized("Send an API key as 'Authorization: Bearer cp_...'", code="missing_api_key")
 
 
