@@ -81,7 +81,9 @@ async def proxy() -> AsyncIterator[TcpProxy]:
 
 
 async def test_factory_picks_the_broker_from_settings(tmp_path: Path) -> None:
-    embedded = create_broker(Settings(data_dir=tmp_path, job_visibility_timeout_s=7))
+    embedded = create_broker(
+        Settings(data_dir=tmp_path, redis_url=None, job_visibility_timeout_s=7)
+    )
     assert isinstance(embedded, MemoryBroker)
     assert embedded.visibility_timeout_s == 7
 
@@ -90,9 +92,9 @@ async def test_factory_picks_the_broker_from_settings(tmp_path: Path) -> None:
     )
     assert isinstance(scaled, RedisBroker)
     assert (scaled.key_prefix, scaled.max_attempts, scaled.url) == ("t", 5, REDIS_URL)
-    assert create_broker(Settings(data_dir=tmp_path, redis_url=REDIS_URL)).key_prefix == (
-        "chatplane"
-    )
+    default = create_broker(Settings(data_dir=tmp_path, redis_url=REDIS_URL))
+    assert isinstance(default, RedisBroker)
+    assert default.key_prefix == "chatplane"
 
 
 async def test_keys_carry_the_prefix_and_a_hash_tag_per_turn() -> None:

@@ -15,6 +15,7 @@ or claimed, and `XLEN` is the queue depth.
 Keys carry the prefix and a hash tag: job keys share `{jobs}`, a turn's keys share the
 stream name, so every script touches one slot. (The multiplexed `XREAD` spans many turns;
 on Redis Cluster it would need one reader per slot. This broker speaks to one Redis.)
+Needs Redis 6.2 or later (`XPENDING IDLE`, exclusive `XRANGE` ranges).
 """
 
 from __future__ import annotations

@@ -8,7 +8,9 @@ connection. A reader that registers for a stream the in-flight `XREAD` does not 
 interrupts it by `XADD`ing to this process's wake-up stream, which every `XREAD` includes.
 
 Streams that just delivered stay in the `XREAD` for a few seconds without waiters ("sticky"),
-so an SSE client that comes straight back for the next event does not cost a wake-up.
+so an SSE client that comes straight back for the next event does not cost a wake-up. When
+the `XREAD` fails, every waiter gets `ServiceUnavailable` at once and the loop retries with
+a backoff; the reader that comes back after the outage is served as before.
 """
 
 from __future__ import annotations
