@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.routing import Route
 
@@ -16,6 +17,7 @@ from chatplane.chat.sse import TurnEvents
 from chatplane.container import Services, build_services
 from chatplane.errors import ChatplaneError
 from chatplane.gateway.router import install_gateway
+from chatplane.http.client import ClientResolver
 from chatplane.http.middleware import HttpMiddleware
 from chatplane.http.openapi import install_openapi
 from chatplane.http.problems import install_error_handlers
@@ -87,7 +89,21 @@ def create_app(
     install_openapi(app)
     app.include_router(web_router)
     app.mount("/static", static_files(), name="static")
-    app.add_middleware(HttpMiddleware, max_body_bytes=settings.max_request_bytes)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_credentials=False,  # cross-origin callers use bearer tokens, not cookies
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_headers=["authorization", "content-type", "last-event-id", "x-request-id"],
+            expose_headers=["x-request-id", "retry-after"],
+            max_age=600,
+        )
+    app.add_middleware(
+        HttpMiddleware,
+        max_body_bytes=settings.max_request_bytes,
+        clients=ClientResolver(settings.trusted_proxies),
+    )
     return app
 
 

@@ -121,6 +121,7 @@ def serve(
         "loop": "uvloop",
         "http": "httptools",
         "access_log": False,
+        "proxy_headers": False,  # trusted proxies are handled by chatplane's own middleware
         "log_config": None,
         "timeout_graceful_shutdown": int(settings.drain_timeout_s) + 1,
     }

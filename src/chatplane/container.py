@@ -18,7 +18,6 @@ from chatplane.chat.runner import TurnRunner
 from chatplane.chat.service import ChatService
 from chatplane.chat.worker import TurnWorker
 from chatplane.db.engine import Database, create_engine
-from chatplane.http.client import ClientResolver
 from chatplane.limits import WindowCounter, create_window_counter
 from chatplane.providers.http import create_upstream_session
 from chatplane.providers.registry import ModelRegistry, build_registry
@@ -39,7 +38,6 @@ class Services:
     sessions: SessionService
     audit: AuditLog
     failures: WindowCounter
-    clients: ClientResolver
     chat: ChatService
     runner: TurnRunner
     usage: UsageRecorder
@@ -88,7 +86,6 @@ async def build_services(
         sessions=SessionService(db, settings, passwords, auth, failures, audit),
         audit=audit,
         failures=failures,
-        clients=ClientResolver(settings.trusted_proxies),
         chat=ChatService(db, broker, registry),
         runner=runner,
         usage=UsageRecorder(db),

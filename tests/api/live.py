@@ -43,7 +43,13 @@ async def start_live_server(settings: Settings, *, email: str) -> LiveServer:
     services = await build_services(settings, run_turns=True)
     app = create_app(settings, services=services)
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, log_level="warning", lifespan="off", loop="asyncio"
+        app,
+        host="127.0.0.1",
+        port=0,
+        log_level="warning",
+        lifespan="off",
+        loop="asyncio",
+        proxy_headers=False,  # as `chatplane serve` runs it
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())

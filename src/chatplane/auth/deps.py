@@ -11,7 +11,7 @@ from fastapi import Depends, Request
 from chatplane.auth.principal import Principal
 from chatplane.container import Services, get_services
 from chatplane.errors import Forbidden, Unauthorized
-from chatplane.http.client import ClientInfo
+from chatplane.http.client import ClientInfo, client_info
 
 SESSION_COOKIE = "chatplane_session"
 CSRF_COOKIE = "chatplane_csrf"
@@ -77,15 +77,13 @@ async def admin_principal(
     return principal
 
 
-def client_info(
-    request: Request, services: Annotated[Services, Depends(get_services)]
-) -> ClientInfo:
-    peer = request.client.host if request.client else None
-    return services.clients.resolve(peer, request.headers)
+def request_client(request: Request) -> ClientInfo:
+    """The client as the HTTP middleware resolved it (through trusted proxies only)."""
+    return client_info(request.client.host if request.client else None, request.headers)
 
 
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
 ChatPrincipal = Annotated[Principal, Depends(chat_principal)]
 AdminPrincipal = Annotated[Principal, Depends(admin_principal)]
 ServicesDep = Annotated[Services, Depends(get_services)]
-ClientDep = Annotated[ClientInfo, Depends(client_info)]
+ClientDep = Annotated[ClientInfo, Depends(request_client)]

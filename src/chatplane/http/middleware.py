@@ -8,9 +8,11 @@ import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chatplane.errors import PayloadTooLarge
+from chatplane.http.client import ClientResolver
 from chatplane.http.problems import error_response
 
 REQUEST_ID_HEADER = b"x-request-id"
+HSTS = (b"strict-transport-security", b"max-age=31536000; includeSubDomains")
 SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"same-origin"),
@@ -28,16 +30,21 @@ class BodyTooLarge(Exception):
 
 class HttpMiddleware:
     """Gives every request an id (from `X-Request-ID` or new), echoes it, binds it to logs,
-    refuses bodies over the limit with 413, and adds security headers."""
+    takes the client address and scheme from trusted proxies, refuses bodies over the limit
+    with 413, and adds security headers (HSTS on https)."""
 
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, clients: ClientResolver) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.clients = clients
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            self.clients.rewrite(scope)
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        self.clients.rewrite(scope)
         request_id = _request_id(scope)
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id)
@@ -61,6 +68,7 @@ class HttpMiddleware:
             return message
 
         is_html = not path.startswith(("/api/", "/v1/"))
+        https = scope.get("scheme") == "https"
 
         async def send_with_headers(message: Message) -> None:
             nonlocal started
@@ -71,6 +79,8 @@ class HttpMiddleware:
                 headers.extend(SECURITY_HEADERS)
                 if is_html:
                     headers.append((b"content-security-policy", CSP))
+                if https:
+                    headers.append(HSTS)
                 message["headers"] = headers
             await send(message)
 
