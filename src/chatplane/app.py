@@ -21,6 +21,7 @@ from chatplane.http.client import ClientResolver
 from chatplane.http.middleware import HttpMiddleware
 from chatplane.http.openapi import install_openapi
 from chatplane.http.problems import install_error_handlers
+from chatplane.providers.admin_router import router as models_admin_router
 from chatplane.settings import Settings
 from chatplane.web.router import router as web_router
 from chatplane.web.router import static_files
@@ -84,6 +85,7 @@ def create_app(
 
     app.include_router(auth_router)
     app.include_router(chat_router)
+    app.include_router(models_admin_router)
     app.router.routes.append(Route("/api/turns/{turn_id}/events", TurnEvents(), methods=["GET"]))
     install_gateway(app)
     install_openapi(app)

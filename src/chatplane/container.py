@@ -17,8 +17,10 @@ from chatplane.broker.protocol import Broker
 from chatplane.chat.runner import TurnRunner
 from chatplane.chat.service import ChatService
 from chatplane.chat.worker import TurnWorker
+from chatplane.crypto import SecretBox, encryption_key
 from chatplane.db.engine import Database, create_engine
 from chatplane.limits import WindowCounter, create_window_counter
+from chatplane.providers.endpoints import ModelEndpointService
 from chatplane.providers.http import create_upstream_session
 from chatplane.providers.registry import ModelRegistry, build_registry
 from chatplane.settings import Settings
@@ -41,11 +43,13 @@ class Services:
     chat: ChatService
     runner: TurnRunner
     usage: UsageRecorder
+    endpoints: ModelEndpointService
     worker: TurnWorker | None = None
 
     async def close(self, *, drain_s: float = 5.0) -> None:
         if self.worker is not None:
             await self.worker.stop(deadline_s=drain_s)
+        await self.endpoints.close()
         await self.usage.close()
         await self.registry.close()
         await self.http.close()
@@ -89,7 +93,10 @@ async def build_services(
         chat=ChatService(db, broker, registry),
         runner=runner,
         usage=UsageRecorder(db),
+        endpoints=ModelEndpointService(db, registry, SecretBox(encryption_key(settings)), audit),
     )
+    await services.endpoints.load()
+    services.endpoints.start_refresh()
     services.usage.start()
     if run_turns if run_turns is not None else settings.redis_url is None:
         services.worker = TurnWorker(

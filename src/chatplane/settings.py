@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     # Every Redis key starts with it: several deployments (or test runs) can share a Redis.
     redis_prefix: str = Field(default="chatplane", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     secret_key: SecretStr | None = Field(default=None, min_length=32)
+    # Encrypts secrets stored in the database (32 bytes, base64); derived from the secret key
+    # when unset.
+    encryption_key: SecretStr | None = None
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     log_json: bool = False

@@ -11,6 +11,7 @@ from chatplane.auth.models import (
 )
 from chatplane.chat.models import Conversation, Message, Turn
 from chatplane.db.base import Base
+from chatplane.providers.models import ModelEndpoint
 from chatplane.usage.models import UsageRecord
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "Conversation",
     "Invitation",
     "Message",
+    "ModelEndpoint",
     "RefreshToken",
     "Tenant",
     "Turn",

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -60,6 +60,8 @@ class ModelConfig:
     api_key_env: str | None = None
     input_usd_per_mtok: float | None = None
     output_usd_per_mtok: float | None = None
+    # The key itself, for models stored in the database (decrypted only in memory).
+    api_key: str | None = field(default=None, repr=False)
 
 
 def load_model_config(path: Path) -> list[ModelConfig]:
@@ -153,7 +155,9 @@ def _optional_price(table: Mapping[str, Any], key: str, where: str) -> float | N
 
 
 def resolve_api_key(model: ModelConfig, environ: Mapping[str, str], *, source: str) -> str | None:
-    """The key the model's `api_key_env` names, read from the environment given."""
+    """The model's own key, or the one its `api_key_env` names in the environment given."""
+    if model.api_key is not None:
+        return model.api_key
     if model.api_key_env is None:
         return None
     key = environ.get(model.api_key_env, "").strip()

@@ -102,11 +102,16 @@ class ModelRegistry:
         default_model: str,
         prices: Mapping[str, tuple[float, float]] | None = None,
         discovery: UpstreamDiscovery | None = None,
+        factory: _ProviderFactory | None = None,
     ) -> None:
         self._default_model = default_model
         self._prices = dict(prices or {})
         self._discovery = discovery
+        self._factory = factory
         self._routes: dict[str, ModelRoute] = {}
+        # Models added at run time (stored in the database), and what they shadow.
+        self._dynamic: set[str] = set()
+        self._shadowed: dict[str, ModelRoute] = {}
         for route in routes:
             self._routes[route.name] = self._priced(route)
 
@@ -133,6 +138,20 @@ class ModelRegistry:
             if route is not None:
                 return route
         raise ModelNotFound(f"The model {name!r} does not exist", model=name)
+
+    def set_dynamic(self, configs: Iterable[ModelConfig]) -> None:
+        """Replace the models added at run time (they win over the file and the mocks)."""
+        if self._factory is None:
+            raise RuntimeError("this registry was built without a provider factory")
+        for name in self._dynamic:
+            self._routes.pop(name, None)
+        self._routes.update(self._shadowed)
+        self._dynamic, self._shadowed = set(), {}
+        for config in configs:
+            if config.name in self._routes:
+                self._shadowed[config.name] = self._routes[config.name]
+            self._routes[config.name] = self._priced(self._factory.route(config))
+            self._dynamic.add(config.name)
 
     async def discover(self, *, force: bool = False) -> int:
         """Add the shortcut upstream's models not known yet; returns how many were added."""
@@ -182,10 +201,9 @@ async def build_registry(
     routes = {
         name: ModelRoute(name, mock, name, kind="mock", owned_by=MOCK_OWNER) for name in MOCK_MODELS
     }
+    factory = _ProviderFactory(session, mock, environ, source=str(settings.config or "models"))
     if settings.config is not None:
-        configs = await asyncio.to_thread(load_model_config, settings.config)
-        factory = _ProviderFactory(session, mock, environ, source=str(settings.config))
-        for config in configs:
+        for config in await asyncio.to_thread(load_model_config, settings.config):
             routes[config.name] = factory.route(config)
 
     discovery = None
@@ -199,6 +217,7 @@ async def build_registry(
         default_model=settings.default_model,
         prices=settings.model_prices,
         discovery=discovery,
+        factory=factory,
     )
     await registry.discover()
     return registry
