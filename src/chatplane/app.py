@@ -12,6 +12,7 @@ from starlette.routing import Route
 
 from chatplane import __version__
 from chatplane.auth.router import router as auth_router
+from chatplane.auth.sso_router import router as sso_router
 from chatplane.chat.router import router as chat_router
 from chatplane.chat.sse import TurnEvents
 from chatplane.container import Services, build_services
@@ -84,6 +85,7 @@ def create_app(
         )
 
     app.include_router(auth_router)
+    app.include_router(sso_router)
     app.include_router(chat_router)
     app.include_router(models_admin_router)
     app.router.routes.append(Route("/api/turns/{turn_id}/events", TurnEvents(), methods=["GET"]))

@@ -85,6 +85,8 @@ export const api = {
     request("POST", "/api/auth/login", { body: { email, password }, quiet401: true }),
   logout: () => request("POST", "/api/auth/logout"),
   me: () => request("GET", "/api/auth/me", { quiet401: true }),
+  ssoConfig: () => request("GET", "/api/auth/sso/config"),
+  ssoLoginUrl: (next) => `/api/auth/sso/login?${new URLSearchParams({ next })}`,
 
   models: () => request("GET", "/api/models"),
 

@@ -9,6 +9,18 @@ import { $, confirmDialog, toast, toastError } from "./ui.js";
 
 const PAGE_SIZE = 20;
 
+// What a failed single sign-on (`/?sso_error=<code>`) tells the user on the login view.
+const SSO_ERRORS = {
+  sso_not_provisioned:
+    "There is no account for this email address. Ask your administrator for an invitation.",
+  account_disabled: "This account is disabled.",
+  sso_email_unverified: "Your identity provider has not confirmed your email address.",
+  sso_denied: "Sign-in was cancelled.",
+  sso_state_invalid: "The sign-in expired or was started in another window. Try again.",
+  sso_not_configured: "Single sign-on is not set up on this server.",
+};
+const SSO_ERROR_OTHER = "Single sign-on failed. Try again, or ask your administrator.";
+
 const state = {
   user: null,
   conversationId: null, // the open conversation
@@ -44,6 +56,7 @@ function showLogin(message = "") {
   sidebar.reset();
   thread.clear();
   showView("login");
+  offerSso();
   setLoginError(message);
   $("login-password").value = "";
   $("login-email").focus();
@@ -65,6 +78,29 @@ async function showChat(user) {
 }
 
 // ---------------------------------------------------------------- auth
+
+let ssoConfig = null; // the request for it, made once
+
+/** Show "Sign in with <provider>" when the server offers single sign-on. */
+function offerSso() {
+  ssoConfig ??= api.ssoConfig().catch(() => null);
+  ssoConfig.then((config) => {
+    if (!config?.enabled) return;
+    $("sso-name").textContent = config.name;
+    $("sso").hidden = false;
+  });
+}
+
+/** Take a failed sign-on's code out of the address and return its message. */
+function takeSsoError() {
+  const params = new URLSearchParams(location.search);
+  const code = params.get("sso_error");
+  if (code === null) return "";
+  params.delete("sso_error");
+  const query = params.toString();
+  history.replaceState(null, "", `${location.pathname}${query ? `?${query}` : ""}${location.hash}`);
+  return SSO_ERRORS[code] || SSO_ERROR_OTHER;
+}
 
 async function onLoginSubmit(event) {
   event.preventDefault();
@@ -451,6 +487,10 @@ function closeDrawer() {
 
 function wire() {
   $("login-form").addEventListener("submit", onLoginSubmit);
+  $("sso-login").addEventListener("click", () => {
+    // Come back to the conversation that was open.
+    $("sso-login").href = api.ssoLoginUrl(location.pathname + location.hash);
+  });
   $("logout").addEventListener("click", logout);
   $("new-chat").addEventListener("click", newConversation);
   $("new-chat-top").addEventListener("click", newConversation);
@@ -477,16 +517,18 @@ function wire() {
 
 async function boot() {
   wire();
+  const ssoError = takeSsoError();
   if (!mayHaveSession()) {
-    showLogin(); // no cookie, no session: skip a request that can only answer 401
+    showLogin(ssoError); // no cookie, no session: skip a request that can only answer 401
     return;
   }
   try {
     const user = await api.me();
     await showChat(user);
+    if (ssoError) toast(ssoError);
   } catch (error) {
     if (error instanceof ApiError && error.status !== 401) toastError(error);
-    showLogin();
+    showLogin(ssoError);
   }
 }
 
