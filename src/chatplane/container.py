@@ -9,6 +9,7 @@ import structlog
 from fastapi import Request
 
 from chatplane.auth.audit import AuditLog
+from chatplane.auth.oidc import OidcClient
 from chatplane.auth.secrets import Passwords
 from chatplane.auth.service import AuthService
 from chatplane.auth.sessions import SessionService
@@ -43,6 +44,7 @@ class Services:
     chat: ChatService
     runner: TurnRunner
     usage: UsageRecorder
+    oidc: OidcClient
     endpoints: ModelEndpointService
     worker: TurnWorker | None = None
 
@@ -93,6 +95,7 @@ async def build_services(
         chat=ChatService(db, broker, registry),
         runner=runner,
         usage=UsageRecorder(db),
+        oidc=OidcClient(settings, http),
         endpoints=ModelEndpointService(db, registry, SecretBox(encryption_key(settings)), audit),
     )
     await services.endpoints.load()

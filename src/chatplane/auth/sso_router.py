@@ -51,13 +51,9 @@ class SsoConfigOut(BaseModel):
     name: str
 
 
-def oidc_client(request: Request, services: ServicesDep) -> OidcClient:
-    """One client per app, as it caches the provider's documents."""
-    client: OidcClient | None = getattr(request.app.state, "oidc_client", None)
-    if client is None:
-        client = OidcClient(services.settings, services.http)
-        request.app.state.oidc_client = client
-    return client
+def oidc_client(services: ServicesDep) -> OidcClient:
+    """The process's client (it caches the provider's documents)."""
+    return services.oidc
 
 
 OidcDep = Annotated[OidcClient, Depends(oidc_client)]
