@@ -267,5 +267,9 @@ class Models:
 
 
 def install_gateway(app: FastAPI) -> None:
-    app.router.routes.append(Route("/v1/chat/completions", ChatCompletions(), methods=["POST"]))
-    app.router.routes.append(Route("/v1/models", Models(), methods=["GET"]))
+    """First in the route list: matching a request against every API route first cost
+    0.1-0.2 ms per /v1 request."""
+    app.router.routes[0:0] = [
+        Route("/v1/chat/completions", ChatCompletions(), methods=["POST"]),
+        Route("/v1/models", Models(), methods=["GET"]),
+    ]

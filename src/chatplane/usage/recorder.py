@@ -71,19 +71,28 @@ class UsageRecorder:
                 async with asyncio.timeout(FLUSH_INTERVAL_S):
                     await self._wake.wait()
             self._wake.clear()
-            await self.flush()
+            # One batch per wake-up: under steady traffic records keep arriving while a
+            # batch is written, and chasing them would write a few rows at a time.
+            await self._write_batch()
 
     async def flush(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-            try:
-                async with self.db.session() as session:
-                    await session.execute(insert(UsageRecord), batch)
-                    await session.commit()
-            except ServiceUnavailable:
-                self._pending[:0] = batch  # keep it for the next flush
-                log.warning("usage_flush_deferred", pending=len(self._pending))
-                return
+        """Write everything pending (at shutdown, and for tests)."""
+        while self._pending and await self._write_batch():
+            pass
+
+    async def _write_batch(self) -> bool:
+        if not self._pending:
+            return False
+        batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+        try:
+            async with self.db.session() as session:
+                await session.execute(insert(UsageRecord), batch)
+                await session.commit()
+        except ServiceUnavailable:
+            self._pending[:0] = batch  # kept for the next flush
+            log.warning("usage_flush_deferred", pending=len(self._pending))
+            return False
+        return True
 
     async def close(self) -> None:
         if self._task is not None:
