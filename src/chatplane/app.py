@@ -11,6 +11,9 @@ from fastapi.responses import JSONResponse
 from starlette.routing import Route
 
 from chatplane import __version__
+from chatplane.admin.router import accept_router as invitation_accept_router
+from chatplane.admin.router import router as admin_router
+from chatplane.auth.keys_router import router as keys_router
 from chatplane.auth.router import router as auth_router
 from chatplane.auth.sso_router import router as sso_router
 from chatplane.chat.router import router as chat_router
@@ -85,6 +88,9 @@ def create_app(
         )
 
     app.include_router(auth_router)
+    app.include_router(invitation_accept_router)
+    app.include_router(keys_router)
+    app.include_router(admin_router)
     app.include_router(sso_router)
     app.include_router(chat_router)
     app.include_router(models_admin_router)

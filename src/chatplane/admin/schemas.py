@@ -1,0 +1,194 @@
+"""Pydantic shapes of the admin API, the own-keys API and invitation acceptance."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+
+from chatplane.auth.models import ApiKey, AuditEvent, Tenant, User
+from chatplane.auth.schemas import ApiKeyCreated, ApiKeyOut
+
+Role = Literal["owner", "admin", "member"]
+
+
+class Strict(BaseModel):
+    """Input: an unknown field is a mistake the caller should hear about."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+# Users.
+
+
+class UserIn(Strict):
+    email: str = Field(min_length=3, max_length=320)
+    password: str | None = Field(
+        default=None,
+        min_length=8,
+        max_length=1024,
+        description="Without one, the user signs in with SSO (or is sent an invitation).",
+    )
+    role: Role = "member"
+
+
+class UserPatch(Strict):
+    role: Role | None = None
+    disabled: bool | None = None
+
+
+class UserOut(BaseModel):
+    id: str
+    email: str
+    role: str
+    disabled: bool
+    is_superadmin: bool
+    has_password: bool
+    created_at: datetime
+    last_login_at: datetime | None
+
+
+class UserPage(BaseModel):
+    items: list[UserOut]
+    total: int
+    next_offset: int | None
+
+
+def user_out(user: User) -> UserOut:
+    return UserOut(
+        id=user.id,
+        email=user.email,
+        role=user.role,
+        disabled=user.disabled,
+        is_superadmin=user.is_superadmin,
+        has_password=user.password_hash is not None,
+        created_at=user.created_at,
+        last_login_at=user.last_login_at,
+    )
+
+
+# API keys.
+
+
+class TenantKeyOut(ApiKeyOut):
+    user_id: str
+    user_email: str
+
+
+def key_out(key: ApiKey) -> ApiKeyOut:
+    return ApiKeyOut(
+        id=key.id,
+        name=key.name,
+        prefix=key.prefix,
+        scopes=key.scopes.split(","),
+        created_at=key.created_at,
+        expires_at=key.expires_at,
+        last_used_at=key.last_used_at,
+        revoked_at=key.revoked_at,
+    )
+
+
+def key_created(key: ApiKey, plaintext: str) -> ApiKeyCreated:
+    return ApiKeyCreated(**key_out(key).model_dump(), key=plaintext)
+
+
+def tenant_key_out(key: ApiKey, email: str) -> TenantKeyOut:
+    return TenantKeyOut(**key_out(key).model_dump(), user_id=key.user_id, user_email=email)
+
+
+# Invitations.
+
+
+class InvitationIn(Strict):
+    email: str = Field(min_length=3, max_length=320)
+    role: Role = "member"
+    expires_in_days: int | None = Field(default=None, ge=1, le=90)
+
+
+class InvitationOut(BaseModel):
+    id: str
+    email: str
+    role: str
+    created_at: datetime
+    expires_at: datetime
+    created_by: str | None
+
+
+class InvitationCreated(InvitationOut):
+    token: str = Field(description="Shown once; only its hash is stored.")
+    accept_url: str
+
+
+class InvitationAcceptIn(Strict):
+    token: str = Field(min_length=1, max_length=512)
+    password: str = Field(min_length=8, max_length=1024)
+
+
+# Audit.
+
+
+class AuditEventOut(BaseModel):
+    id: str
+    created_at: datetime
+    action: str
+    actor_id: str | None
+    subject: str | None
+    ip: str | None
+    detail: dict[str, Any]
+
+
+class AuditPage(BaseModel):
+    items: list[AuditEventOut]
+    next_before: str | None = Field(description="Pass as `before` for the next (older) page.")
+
+
+def audit_out(event: AuditEvent) -> AuditEventOut:
+    detail = orjson.loads(event.detail or "{}")
+    return AuditEventOut(
+        id=event.id,
+        created_at=event.created_at,
+        action=event.action,
+        actor_id=event.actor_id,
+        subject=event.subject,
+        ip=event.ip,
+        detail=detail if isinstance(detail, dict) else {"value": detail},
+    )
+
+
+# Tenants (superadmins).
+
+SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+
+
+class TenantIn(Strict):
+    slug: str = Field(pattern=SLUG_PATTERN, max_length=63)
+    name: str = Field(min_length=1, max_length=200)
+    sso_domains: list[str] = Field(default_factory=list, max_length=50)
+
+
+class TenantPatch(Strict):
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    sso_domains: list[str] | None = Field(default=None, max_length=50)
+    disabled: bool | None = None
+
+
+class TenantOut(BaseModel):
+    id: str
+    slug: str
+    name: str
+    sso_domains: list[str]
+    disabled: bool
+    created_at: datetime
+
+
+def tenant_out(tenant: Tenant) -> TenantOut:
+    return TenantOut(
+        id=tenant.id,
+        slug=tenant.slug,
+        name=tenant.name,
+        sso_domains=[d for d in tenant.sso_domains.split(",") if d],
+        disabled=tenant.disabled,
+        created_at=tenant.created_at,
+    )
