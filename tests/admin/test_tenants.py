@@ -85,7 +85,9 @@ async def test_tenant_admins_cannot_manage_tenants(live: LiveServer) -> None:
         expect(renamed, 403, "not_superadmin")
 
 
-async def test_a_disabled_tenant_takes_no_new_members(live: LiveServer) -> None:
+async def test_a_disabled_tenant_takes_no_new_members_and_logs_everyone_out(
+    live: LiveServer,
+) -> None:
     operator = await new_org(live, superadmin=True)
     org = await new_org(live)
     async with live.client(org.owner.key) as owner:
@@ -101,6 +103,8 @@ async def test_a_disabled_tenant_takes_no_new_members(live: LiveServer) -> None:
             headers={"x-forwarded-for": client_ip()},
         )
     expect(accepted, 403, "tenant_disabled")
+    async with live.client(org.owner.key) as owner:
+        expect(await owner.get("/api/auth/me"), 401, "invalid_api_key")
 
 
 async def test_tenant_owners_cannot_change_a_superadmin(live: LiveServer) -> None:

@@ -29,7 +29,7 @@ def invitation_service(services: ServicesDep) -> InvitationService:
 
 
 def tenant_service(services: ServicesDep) -> TenantService:
-    return TenantService(services.db, services.audit)
+    return TenantService(services.db, services.audit, services.auth)
 
 
 AdminServiceDep = Annotated[AdminService, Depends(admin_service)]

@@ -12,7 +12,7 @@ from chatplane.admin.repository import TenantDirectory
 from chatplane.auth.audit import AuditLog
 from chatplane.auth.models import Tenant
 from chatplane.auth.principal import Principal
-from chatplane.auth.service import SLUG_RE
+from chatplane.auth.service import SLUG_RE, AuthService
 from chatplane.db.base import new_id
 from chatplane.db.engine import Database
 from chatplane.errors import Conflict, Forbidden, NotFound, ValidationFailed
@@ -45,9 +45,10 @@ def _name(name: str) -> str:
 
 
 class TenantService:
-    def __init__(self, db: Database, audit: AuditLog) -> None:
+    def __init__(self, db: Database, audit: AuditLog, auth: AuthService) -> None:
         self.db = db
         self.audit = audit
+        self.auth = auth
 
     async def tenants(self, actor: Principal) -> Sequence[Tenant]:
         require_superadmin(actor)
@@ -102,6 +103,8 @@ class TenantService:
                 await session.commit()
             tenant = await directory.tenant(tenant_id)
         assert tenant is not None  # checked above; tenants are not deleted here
+        if disabled:
+            self.auth.forget_everyone()  # its logins and keys stop working at once
         if values:
             await self.audit.record(
                 "tenant.updated",

@@ -22,6 +22,10 @@ class AuthRepository:
         result = await self.session.scalars(select(User).where(User.email == email))
         return result.first()
 
+    async def tenant_disabled(self, tenant_id: str) -> bool:
+        tenant = await self.session.get(Tenant, tenant_id)
+        return tenant is None or tenant.disabled
+
     async def user_by_id(self, user_id: str) -> User | None:
         return await self.session.get(User, user_id)
 
@@ -33,7 +37,8 @@ class AuthRepository:
         statement = (
             select(ApiKey, User)
             .join(User, User.id == ApiKey.user_id)
-            .where(ApiKey.key_hash == key_hash)
+            .join(Tenant, Tenant.id == User.tenant_id)
+            .where(ApiKey.key_hash == key_hash, Tenant.disabled.is_(False))
         )
         row = (await self.session.execute(statement)).first()
         return None if row is None else (row[0], row[1])
@@ -47,7 +52,8 @@ class AuthRepository:
         statement = (
             select(WebSession, User)
             .join(User, User.id == WebSession.user_id)
-            .where(WebSession.id == session_id)
+            .join(Tenant, Tenant.id == User.tenant_id)
+            .where(WebSession.id == session_id, Tenant.disabled.is_(False))
         )
         row = (await self.session.execute(statement)).first()
         return None if row is None else (row[0], row[1])

@@ -72,6 +72,9 @@ class AuthService:
     def forget_api_key(self, key_hash: str) -> None:
         self._principals.pop(f"k:{key_hash}")
 
+    def forget_everyone(self) -> None:
+        self._principals.clear()
+
     # Users and keys (CLI and admin).
 
     async def create_user(

@@ -68,7 +68,9 @@ class SessionService:
         keys = [f"login:account:{email}", f"login:ip:{client.ip or 'unknown'}"]
         await self._refuse_when_locked(keys, email, client)
         async with self.db.session() as session:
-            user = await AuthRepository(session).user_by_email(email) if email else None
+            repo = AuthRepository(session)
+            user = await repo.user_by_email(email) if email else None
+            tenant_off = user is not None and await repo.tenant_disabled(user.tenant_id)
         # Always verify, so an unknown email costs the same time as a wrong password.
         valid = await self.passwords.verify(user.password_hash if user else None, password)
         if user is None or not valid or user.disabled:
@@ -83,6 +85,8 @@ class SessionService:
             )
             raise InvalidCredentials()
         await self.failures.reset(keys[0])
+        if tenant_off:
+            raise Forbidden("This organisation is disabled", code="tenant_disabled")
         return await self.open_session(user, method="password", client=client)
 
     async def _refuse_when_locked(self, keys: list[str], email: str, client: ClientInfo) -> None:
