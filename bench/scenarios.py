@@ -1,0 +1,291 @@
+"""The scenarios: what each one starts, which requests it sends, what it records.
+
+- `v1-mock`: `/v1/chat/completions` streams from the built-in `mock` model.
+- `v1-passthrough`: the fake upstream measured directly (baseline), then through
+  chatplane's passthrough; the difference is what the gateway adds.
+- `native`: a native chat turn (conversation, message, SSE to `turn.completed`).
+
+One chatplane server (and the fake upstream, when the passthrough runs) serves every
+scenario of a bench run; CPU time is read per measured phase, so scenarios do not mix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.bare import start_bare
+from bench.clients import ChatCompletionStream, NativeTurn
+from bench.loadgen import RequestFn, client_session, run_load
+from bench.procs import ManagedProcess, SystemCpu, free_port, system_cpu
+from bench.profile import Profiler
+from bench.server import IDLE_SETTLE_S, ChatplaneServer, ServerConfig, StartupStats
+from bench.stats import per_request_ms, raw_samples, summarize
+from bench.upstream import UPSTREAM_MODEL, start_upstream, upstream_url
+
+V1_MOCK = "v1-mock"
+V1_PASSTHROUGH = "v1-passthrough"
+NATIVE = "native"
+SCENARIOS = (V1_MOCK, V1_PASSTHROUGH, NATIVE)
+MOCK_MODEL = "mock"
+FLOOR_RUN = "bare-asgi"
+KIB_PER_MB = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class BenchOptions:
+    concurrency: int = 32
+    requests: int = 4000
+    duration_s: float = 60.0
+    chunks: int = 20
+    ttft_ms: float = 20.0
+    chunk_delay_ms: float = 5.0
+    warmup: int = 100
+    request_timeout_s: float = 30.0
+    idle_settle_s: float = IDLE_SETTLE_S
+    floor: bool = True
+    raw_samples: bool = False
+    profile_dir: Path | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        values = asdict(self)
+        values["profile_dir"] = str(self.profile_dir) if self.profile_dir else None
+        return values
+
+
+@dataclass
+class BenchEnvironment:
+    """The processes of one bench run."""
+
+    workdir: Path
+    server: ChatplaneServer
+    startup: StartupStats
+    upstream: ManagedProcess | None = None
+    upstream_url: str | None = None
+
+    @property
+    def chatplane(self) -> ManagedProcess:
+        return self.server.process
+
+
+@contextlib.asynccontextmanager
+async def bench_environment(
+    options: BenchOptions, scenarios: tuple[str, ...], workdir: Path
+) -> AsyncIterator[BenchEnvironment]:
+    """Start the fake upstream (only if the passthrough runs) and then chatplane, so the
+    server lists the upstream's models at start; stop both by PID at the end."""
+    async with contextlib.AsyncExitStack() as stack:
+        upstream_port = free_port() if V1_PASSTHROUGH in scenarios else None
+        config = ServerConfig(
+            chunks=options.chunks,
+            ttft_ms=options.ttft_ms,
+            chunk_delay_ms=options.chunk_delay_ms,
+            openai_base_url=upstream_url(upstream_port) if upstream_port else None,
+        )
+        server = ChatplaneServer(workdir, config)
+        upstream: ManagedProcess | None = None
+        if upstream_port is None:
+            await server.prepare()
+        else:
+            # The CLI's user and key creation is the slow part of start-up: overlap it.
+            starting = asyncio.create_task(
+                start_upstream(
+                    workdir,
+                    port=upstream_port,
+                    chunks=options.chunks,
+                    ttft_ms=options.ttft_ms,
+                    chunk_delay_ms=options.chunk_delay_ms,
+                )
+            )
+            try:
+                await server.prepare()
+            finally:
+                upstream = await starting
+                stack.push_async_callback(upstream.stop)
+        startup = await server.start(idle_settle_s=options.idle_settle_s)
+        stack.push_async_callback(server.stop)
+        yield BenchEnvironment(workdir, server, startup, upstream, config.openai_base_url)
+
+
+async def measure(
+    scenario: str,
+    name: str,
+    request: RequestFn,
+    options: BenchOptions,
+    processes: Mapping[str, ManagedProcess],
+) -> dict[str, Any]:
+    """Warm up (not recorded), then measure in steady state: CPU time per completed
+    request of each process in `processes`, from /proc at the start and end of the
+    measured part. With a profile directory, py-spy records the whole run."""
+    before: dict[str, float] = {}
+    system_before = system_cpu()
+
+    def snapshot() -> None:
+        nonlocal system_before
+        before.update({key: process.cpu_seconds() for key, process in processes.items()})
+        system_before = system_cpu()
+
+    profiler = Profiler(options.profile_dir, f"{scenario}-{name}", processes.get("chatplane"))
+    async with client_session(options.concurrency) as session, profiler:
+        result = await run_load(
+            request,
+            session,
+            concurrency=options.concurrency,
+            requests=options.requests,
+            duration_s=options.duration_s,
+            warmup=options.warmup,
+            on_measure=snapshot,
+            request_timeout_s=options.request_timeout_s,
+        )
+        after = {key: process.cpu_seconds() for key, process in processes.items()}
+        system_after = system_cpu()
+    if not before:
+        raise RuntimeError(f"{scenario} {name}: the warm-up did not finish in time")
+    summary = {"name": name, **summarize(result)}
+    summary["cpu_ms_per_request"] = {
+        key: per_request_ms(after[key] - before[key], summary["requests_ok"]) for key in processes
+    }
+    summary["cpu_utilization"] = {
+        key: round((after[key] - before[key]) / result.elapsed_s, 3) if result.elapsed_s else None
+        for key in processes
+    }
+    summary["machine_cpu"] = _machine_cpu(
+        system_before,
+        system_after,
+        ours_s=sum(after[key] - before[key] for key in processes) + result.client_cpu_s,
+        elapsed_s=result.elapsed_s,
+    )
+    if "chatplane" in processes:
+        server = processes["chatplane"]
+        summary["chatplane_rss_mb"] = round(server.memory_kib("VmRSS") / KIB_PER_MB, 1)
+        summary["chatplane_peak_rss_mb"] = round(server.memory_kib("VmHWM") / KIB_PER_MB, 1)
+    if profiler.summary is not None:
+        summary["profile"] = profiler.summary
+    if options.raw_samples:
+        summary["samples"] = raw_samples(result)
+    return summary
+
+
+def _machine_cpu(
+    before: SystemCpu, after: SystemCpu, *, ours_s: float, elapsed_s: float
+) -> dict[str, float | None]:
+    """Cores busy with work that is not this bench's (other processes on the machine) and
+    cores stolen by the hypervisor during the phase: anything well above zero means the
+    latencies of this run were disturbed."""
+    if elapsed_s <= 0:
+        return {"busy_cores": None, "other_cores": None, "steal_cores": None}
+    busy = after.busy_s - before.busy_s
+    return {
+        "busy_cores": round(busy / elapsed_s, 3),
+        "other_cores": round(max(0.0, busy - ours_s) / elapsed_s, 3),
+        "steal_cores": round((after.steal_s - before.steal_s) / elapsed_s, 3),
+    }
+
+
+def _ttft_overhead(run: Mapping[str, Any], ttft_ms: float) -> dict[str, float]:
+    """The measured first token minus the mock's configured TTFT."""
+    return {p: round(run["ttft_ms"][p] - ttft_ms, 3) for p in ("p50", "p99")}
+
+
+async def run_v1_mock(env: BenchEnvironment, options: BenchOptions) -> dict[str, Any]:
+    client = ChatCompletionStream(
+        env.server.base_url + "/v1",
+        model=MOCK_MODEL,
+        api_key=env.server.api_key,
+        expected_chunks=options.chunks,
+    )
+    run = await measure(V1_MOCK, "chatplane", client, options, {"chatplane": env.chatplane})
+    result: dict[str, Any] = {
+        "runs": {"chatplane": run},
+        "ttft_overhead_ms": _ttft_overhead(run, options.ttft_ms),
+    }
+    if options.floor:
+        floor = await _measure_floor(env, options)
+        result["runs"][FLOOR_RUN] = floor
+        result["over_floor"] = {
+            "cpu_ms_per_request": _difference(
+                run["cpu_ms_per_request"]["chatplane"], floor["cpu_ms_per_request"]["bare"]
+            ),
+            **{
+                f"{metric}_{p}": round(run[metric][p] - floor[metric][p], 3)
+                for metric in ("ttft_ms", "total_ms")
+                for p in ("p50", "p99")
+            },
+        }
+    return result
+
+
+async def _measure_floor(env: BenchEnvironment, options: BenchOptions) -> dict[str, Any]:
+    """The same stream from a bare ASGI app on the same uvicorn: the machine's floor."""
+    process, base_url = await start_bare(
+        env.workdir,
+        chunks=options.chunks,
+        ttft_ms=options.ttft_ms,
+        chunk_delay_ms=options.chunk_delay_ms,
+    )
+    try:
+        client = ChatCompletionStream(
+            base_url, model=MOCK_MODEL, api_key=None, expected_chunks=options.chunks
+        )
+        return await measure(V1_MOCK, FLOOR_RUN, client, options, {"bare": process})
+    finally:
+        await process.stop()
+
+
+def _difference(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else round(a - b, 4)
+
+
+async def run_v1_passthrough(env: BenchEnvironment, options: BenchOptions) -> dict[str, Any]:
+    if env.upstream is None or env.upstream_url is None:
+        raise RuntimeError("the passthrough scenario needs the fake upstream")
+    direct = ChatCompletionStream(
+        env.upstream_url, model=UPSTREAM_MODEL, api_key=None, expected_chunks=options.chunks
+    )
+    through = ChatCompletionStream(
+        env.server.base_url + "/v1",
+        model=UPSTREAM_MODEL,
+        api_key=env.server.api_key,
+        expected_chunks=options.chunks,
+    )
+    runs = {
+        "direct": await measure(
+            V1_PASSTHROUGH, "direct", direct, options, {"upstream": env.upstream}
+        ),
+        "through": await measure(
+            V1_PASSTHROUGH,
+            "through",
+            through,
+            options,
+            {"chatplane": env.chatplane, "upstream": env.upstream},
+        ),
+    }
+    added = {
+        f"{metric}_{p}": round(runs["through"][metric][p] - runs["direct"][metric][p], 3)
+        for metric in ("ttft_ms", "total_ms")
+        for p in ("p50", "p99")
+    }
+    return {"runs": runs, "added_latency_ms": added}
+
+
+async def run_native(env: BenchEnvironment, options: BenchOptions) -> dict[str, Any]:
+    client = NativeTurn(
+        env.server.base_url,
+        model=MOCK_MODEL,
+        api_key=env.server.api_key,
+        expected_chunks=options.chunks,
+    )
+    run = await measure(NATIVE, "chatplane", client, options, {"chatplane": env.chatplane})
+    return {"runs": {"chatplane": run}, "ttft_overhead_ms": _ttft_overhead(run, options.ttft_ms)}
+
+
+ScenarioFn = Callable[[BenchEnvironment, BenchOptions], Awaitable[dict[str, Any]]]
+RUNNERS: dict[str, ScenarioFn] = {
+    V1_MOCK: run_v1_mock,
+    V1_PASSTHROUGH: run_v1_passthrough,
+    NATIVE: run_native,
+}

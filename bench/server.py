@@ -1,0 +1,94 @@
+"""The chatplane server under test: `python -m chatplane serve` in a fresh data dir on a
+free loopback port, with one user and one API key made by the CLI beforehand."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.loadgen import LOOPBACK_HOST
+from bench.procs import ManagedProcess, child_env, free_port, run_command
+
+BENCH_EMAIL = "bench@example.com"
+BENCH_PASSWORD = "bench-password-1"
+READY_DEADLINE_S = 60.0
+# Let start-up work (the first usage flush, lazy imports) settle before reading idle RSS.
+IDLE_SETTLE_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    chunks: int
+    ttft_ms: float
+    chunk_delay_ms: float
+    openai_base_url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StartupStats:
+    ready_s: float
+    idle_rss_kib: int
+
+
+class ChatplaneServer:
+    def __init__(self, workdir: Path, config: ServerConfig) -> None:
+        self.workdir = workdir
+        self.data_dir = workdir / "data"
+        self.port = free_port()
+        self.base_url = f"http://{LOOPBACK_HOST}:{self.port}"
+        self.api_key = ""
+        settings = {
+            "CHATPLANE_DATA_DIR": str(self.data_dir),
+            "CHATPLANE_PASSWORD_TIME_COST": "1",
+            "CHATPLANE_PASSWORD_MEMORY_KIB": "1024",
+            "CHATPLANE_MOCK_CHUNKS": str(config.chunks),
+            "CHATPLANE_MOCK_TTFT_MS": str(config.ttft_ms),
+            "CHATPLANE_MOCK_CHUNK_DELAY_MS": str(config.chunk_delay_ms),
+        }
+        if config.openai_base_url:
+            settings["CHATPLANE_OPENAI_BASE_URL"] = config.openai_base_url
+        self.env = child_env(settings)
+        argv = [sys.executable, "-m", "chatplane", "serve"]
+        argv += ["--host", LOOPBACK_HOST, "--port", str(self.port)]
+        self.process = ManagedProcess("chatplane", argv, env=self.env, cwd=workdir)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    async def prepare(self) -> None:
+        """Create the bench user and its API key with the CLI (before `serve` starts)."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        cli = [sys.executable, "-m", "chatplane"]
+        await run_command(
+            [*cli, "users", "create", BENCH_EMAIL, "--password-stdin"],
+            env=self.env,
+            cwd=self.workdir,
+            stdin=BENCH_PASSWORD.encode() + b"\n",
+        )
+        out = await run_command(
+            [*cli, "keys", "create", BENCH_EMAIL, "--name", "bench"],
+            env=self.env,
+            cwd=self.workdir,
+        )
+        self.api_key = out.strip().splitlines()[-1]
+
+    async def start(self, *, idle_settle_s: float = IDLE_SETTLE_S) -> StartupStats:
+        """Start `serve`, wait for `/healthz`, let it settle, read its idle RSS."""
+        if not self.api_key:
+            await self.prepare()
+        await self.process.start()
+        try:
+            ready_s = await self.process.wait_ready(
+                f"{self.base_url}/healthz", deadline_s=READY_DEADLINE_S
+            )
+            await asyncio.sleep(idle_settle_s)
+            return StartupStats(ready_s=ready_s, idle_rss_kib=self.process.memory_kib())
+        except BaseException:
+            await self.process.stop()
+            raise
+
+    async def stop(self) -> int | None:
+        return await self.process.stop()

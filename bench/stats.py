@@ -1,0 +1,73 @@
+"""Summaries of a run's samples: percentiles in milliseconds, rates, error counts."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from bench.loadgen import LoadResult
+
+PERCENTILES = (50, 90, 99)
+MAX_ERROR_KINDS = 10
+
+
+def percentile(sorted_values: Sequence[float], pct: float) -> float:
+    """Nearest-rank percentile of already sorted values (0.0 when empty)."""
+    if not sorted_values:
+        return 0.0
+    rank = max(1, math.ceil(pct / 100 * len(sorted_values)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def distribution_ms(values_s: Sequence[float]) -> dict[str, float]:
+    ordered = sorted(values_s)
+    summary = {f"p{p}": round(percentile(ordered, p) * 1000, 3) for p in PERCENTILES}
+    summary["mean"] = round(sum(ordered) / len(ordered) * 1000, 3) if ordered else 0.0
+    summary["max"] = round(ordered[-1] * 1000, 3) if ordered else 0.0
+    return summary
+
+
+def summarize(result: LoadResult) -> dict[str, Any]:
+    """The JSON-ready summary of one measured phase (warm-up excluded)."""
+    ok = [s for s in result.samples if s.error is None]
+    errors = Counter(s.error for s in result.samples if s.error is not None)
+    elapsed = result.elapsed_s
+    chunks = [s.chunks for s in ok]
+    summary: dict[str, Any] = {
+        "requests": len(result.samples),
+        "requests_ok": len(ok),
+        "errors": sum(errors.values()),
+        "error_kinds": dict(errors.most_common(MAX_ERROR_KINDS)),
+        "elapsed_s": round(elapsed, 3),
+        "stopped_by": result.stopped_by,
+        "requests_per_s": round(len(ok) / elapsed, 2) if elapsed > 0 else 0.0,
+        "ttft_ms": distribution_ms([s.ttft_s for s in ok if s.ttft_s is not None]),
+        "total_ms": distribution_ms([s.total_s for s in ok]),
+        "chunks_per_request": round(sum(chunks) / len(chunks), 2) if chunks else 0.0,
+        "client_cpu_ms_per_request": round(result.client_cpu_s * 1000 / len(ok), 4) if ok else None,
+    }
+    setups = [s.setup_s for s in ok if s.setup_s is not None]
+    if setups:
+        summary["setup_ms"] = distribution_ms(setups)
+    return summary
+
+
+def raw_samples(result: LoadResult) -> list[list[Any]]:
+    """Every sample as `[start_s, ttft_ms, total_ms, chunks, error]`, in start order."""
+    rows = sorted(result.samples, key=lambda s: s.start_s)
+    return [
+        [
+            round(s.start_s, 4),
+            round(s.ttft_s * 1000, 3) if s.ttft_s is not None else None,
+            round(s.total_s * 1000, 3),
+            s.chunks,
+            s.error,
+        ]
+        for s in rows
+    ]
+
+
+def per_request_ms(cpu_s: float, requests_ok: int) -> float | None:
+    return round(cpu_s * 1000 / requests_ok, 4) if requests_ok else None
