@@ -148,11 +148,26 @@ class TurnRunner:
         async for item in provider.stream(request):
             if isinstance(item, TextDelta):
                 if item.text:
-                    text.append(item.text)
-                    await self.broker.publish(turn_id, "message.delta", {"text": item.text})
+                    await self._publish_delta(turn_id, item.text, text)
             elif isinstance(item, Finish):
                 return item
         raise ProviderError("The provider stream ended without finishing", kind="protocol")
+
+    async def _publish_delta(self, turn_id: str, piece: str, text: list[str]) -> None:
+        """Publish a delta and add it to the text, both or neither: a cancel that lands
+        during the publish waits for it, so the stored partial answer is exactly what the
+        clients were sent."""
+        publishing = asyncio.ensure_future(
+            self.broker.publish(turn_id, "message.delta", {"text": piece})
+        )
+        try:
+            await asyncio.shield(publishing)
+        except asyncio.CancelledError:
+            await asyncio.wait({publishing})
+            if not publishing.cancelled() and publishing.exception() is None:
+                text.append(piece)
+            raise
+        text.append(piece)
 
     async def _finish_completed(
         self, turn: Turn, text: str, usage: Usage | None, history: Sequence[Message]
