@@ -79,7 +79,8 @@ class TurnRunner:
             if not await repo.start(turn_id, utcnow()):
                 return  # already ended (cancelled while queued, or done before)
             await session.commit()
-            history = await repo.history(turn.conversation_id, await self._user_seq(turn))
+            question = await session.get(Message, turn.user_message_id)
+            history = await repo.history(turn.conversation_id, question.seq if question else 0)
         if restarted:
             await self.broker.publish(turn_id, "turn.restarted", {"attempt": job.attempt})
         if await self.broker.cancel_requested(turn_id):
@@ -102,11 +103,6 @@ class TurnRunner:
             await self._finish_failed(turn, exc.code, exc.detail)
         else:
             await self._finish_completed(turn, "".join(text), finish.usage, history)
-
-    async def _user_seq(self, turn: Turn) -> int:
-        async with self.db.session() as session:
-            message = await session.get(Message, turn.user_message_id)
-        return message.seq if message is not None else 0
 
     async def _generate(
         self, turn: Turn, job: Job, history: Sequence[Message], text: list[str]
