@@ -123,6 +123,10 @@ class ManagedProcess:
                     )
                 await asyncio.sleep(READY_POLL_S)
 
+    def exited(self) -> bool:
+        """Started once and no longer running."""
+        return self._process is not None and self._process.returncode is not None
+
     def cpu_seconds(self) -> float:
         return cpu_seconds(self.pid)
 

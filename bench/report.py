@@ -11,7 +11,14 @@ from typing import Any
 
 import orjson
 
-from bench.scenarios import NATIVE, V1_MOCK, V1_PASSTHROUGH, BenchOptions
+from bench.scenarios import (
+    NATIVE,
+    NATIVE_SCALED,
+    SSE_IDLE,
+    V1_MOCK,
+    V1_PASSTHROUGH,
+    BenchOptions,
+)
 
 # The design targets (docs/benchmarks.md): CPU per 20-chunk streamed `/v1` request, p99
 # first-token latency the embedded server adds at 32 concurrent streams, idle RSS.
@@ -20,6 +27,9 @@ TARGET_ADDED_TTFT_P99_MS = 5.0
 TARGET_IDLE_RSS_MB = 100.0
 TARGET_CHUNKS = 20
 TARGET_CONCURRENCY = 32
+# One API process holds 5,000 open idle SSE streams, under 40 KB RSS each.
+TARGET_SSE_STREAMS = 5000
+TARGET_SSE_KIB_PER_STREAM = 40.0
 # Cores of other work (or hypervisor steal) during a run above which it is called noisy.
 NOISY_CORES = 0.1
 
@@ -85,6 +95,10 @@ def targets(
     if options.concurrency != TARGET_CONCURRENCY:
         notes.append(f"target stated at {TARGET_CONCURRENCY} concurrent streams")
     note = "; ".join(notes)
+    if scenario == SSE_IDLE:
+        return _sse_targets(result)
+    if scenario == NATIVE_SCALED:
+        return []  # no target is stated for the scaled shape; idle RSS is per process
     checks = [
         _target("idle_rss_mb", TARGET_IDLE_RSS_MB, result["server"]["idle_rss_mb"]),
     ]
@@ -127,6 +141,26 @@ def targets(
     return checks
 
 
+def _sse_targets(result: Mapping[str, Any]) -> list[dict[str, Any]]:
+    idle = result["sse_idle"]
+    note = ""
+    if idle["streams_requested"] < TARGET_SSE_STREAMS:
+        note = f"target stated at {TARGET_SSE_STREAMS} streams"
+    held = idle["streams_open_after_idle"]
+    return [
+        _target("idle_rss_mb", TARGET_IDLE_RSS_MB, result["server"]["idle_rss_mb"]),
+        {
+            "name": "idle_streams_held",
+            "target": TARGET_SSE_STREAMS,
+            "measured": held,
+            "op": ">=",
+            "met": held >= TARGET_SSE_STREAMS and not result["errors"],
+            **({"note": note} if note else {}),
+        },
+        _target("kib_per_stream", TARGET_SSE_KIB_PER_STREAM, idle["kib_per_stream"], note),
+    ]
+
+
 def write_json(directory: Path, scenario: str, stamp: str, document: Mapping[str, Any]) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{scenario}-{stamp}.json"
@@ -159,11 +193,13 @@ def _cell(value: Any) -> str:
 
 
 def table(results: Mapping[str, Mapping[str, Any]]) -> str:
-    """A fixed-width table of every run (times in ms, CPU in ms per completed request)."""
+    """A fixed-width table of every run (times in ms, CPU in ms per completed request;
+    for `native-scaled` the server CPU is summed over its four processes)."""
     lines = [" ".join(title.rjust(width) for title, width in COLUMNS)]
     for scenario, result in results.items():
         for name, run in result["runs"].items():
             cpu = run["cpu_ms_per_request"]
+            server_cpu = cpu.get("chatplane", cpu.get("bare", cpu.get("total")))
             row = (
                 scenario,
                 name,
@@ -174,7 +210,7 @@ def table(results: Mapping[str, Mapping[str, Any]]) -> str:
                 run["ttft_ms"]["p99"],
                 run["total_ms"]["p50"],
                 run["total_ms"]["p99"],
-                cpu.get("chatplane", cpu.get("bare")),
+                server_cpu,
                 cpu.get("upstream"),
                 run["client_cpu_ms_per_request"],
             )
@@ -199,7 +235,7 @@ def notes(results: Mapping[str, Mapping[str, Any]]) -> str:
                 f"p99 {added['ttft_ms_p99']:+.2f} ms; total p50 {added['total_ms_p50']:+.2f} ms, "
                 f"p99 {added['total_ms_p99']:+.2f} ms"
             )
-        elif scenario in (V1_MOCK, NATIVE):
+        elif scenario in (V1_MOCK, NATIVE, NATIVE_SCALED):
             over = result["ttft_overhead_ms"]
             lines.append(
                 f"{scenario}: ttft over the mock's own TTFT p50 {over['p50']:+.2f} ms, "
@@ -212,11 +248,17 @@ def notes(results: Mapping[str, Mapping[str, Any]]) -> str:
                 f"cpu {_cell(floor['cpu_ms_per_request'])} ms/req, "
                 f"ttft p50 {floor['ttft_ms_p50']:+.2f} ms, p99 {floor['ttft_ms_p99']:+.2f} ms"
             )
-        for name, run in result["runs"].items():
-            machine = run["machine_cpu"]
-            if (machine["other_cores"] or 0) > NOISY_CORES or (
-                machine["steal_cores"] or 0
-            ) > NOISY_CORES:
+        if scenario == NATIVE_SCALED:
+            run = result["runs"]["scaled"]
+            cpu = ", ".join(f"{k} {_cell(v)}" for k, v in run["cpu_ms_per_request"].items())
+            lines.append(f"{scenario}: CPU-ms per turn: {cpu}")
+        if scenario == SSE_IDLE:
+            lines.extend(_sse_lines(result))
+        measured = [(name, run["machine_cpu"]) for name, run in result["runs"].items()]
+        if "sse_idle" in result:
+            measured.append(("idle window", result["sse_idle"]["machine_cpu"]))
+        for name, machine in measured:
+            if _noisy(machine):
                 lines.append(
                     f"  warning: {name}: other processes used {machine['other_cores']} cores "
                     f"and the hypervisor stole {machine['steal_cores']} during the run; "
@@ -228,17 +270,89 @@ def notes(results: Mapping[str, Mapping[str, Any]]) -> str:
             verdict = _verdict(check["met"])
             note = f" ({check['note']})" if check.get("note") else ""
             lines.append(
-                f"  target {check['name']} <= {check['target']}: "
+                f"  target {check['name']} {check.get('op', '<=')} {check['target']}: "
                 f"{_cell(check['measured'])} {verdict}{note}"
             )
+
+    if NATIVE in results and NATIVE_SCALED in results:
+        lines.extend(shapes_lines(results[NATIVE], results[NATIVE_SCALED]))
     return "\n".join(lines)
 
 
-def server_lines(server: Mapping[str, Any], paths: Sequence[Path]) -> str:
-    verdict = "met" if server["idle_rss_mb"] <= TARGET_IDLE_RSS_MB else "MISSED"
-    lines = [
-        f"chatplane pid {server['pid']}: ready in {server['ready_s']:.2f} s, "
-        f"idle RSS {server['idle_rss_mb']:.1f} MB (target <= {TARGET_IDLE_RSS_MB}: {verdict})"
+def _noisy(machine: Mapping[str, Any]) -> bool:
+    return (machine["other_cores"] or 0) > NOISY_CORES or (
+        machine["steal_cores"] or 0
+    ) > NOISY_CORES
+
+
+def _sse_lines(result: Mapping[str, Any]) -> list[str]:
+    idle = result["sse_idle"]
+    return [
+        f"{SSE_IDLE}: {idle['streams_open']}/{idle['streams_requested']} streams open in "
+        f"{idle['open_s']:.1f} s ({_cell(idle['open_per_s'])}/s), "
+        f"{idle['streams_open_after_idle']} still open after the idle window, "
+        f"errors {result['errors']} {idle['error_kinds'] or ''}",
+        f"{SSE_IDLE}: RSS {idle['rss_before_mb']} -> {idle['rss_after_mb']} MB "
+        f"({_cell(idle['kib_per_stream'])} KB per stream), after the idle window "
+        f"{idle['rss_after_idle_mb']} MB, peak {idle['peak_rss_mb']} MB",
+        f"{SSE_IDLE}: idle server CPU {idle['idle_cpu_ms_per_s']} ms/s "
+        f"({idle['idle_cpu_cores']} cores, {_cell(idle['idle_cpu_us_per_stream_per_s'])} "
+        f"us per stream per s) over {idle['idle_window_s']:.0f} s, "
+        f"keep-alive every {idle['keepalive_s']:.0f} s",
     ]
+
+
+def shapes_lines(native: Mapping[str, Any], scaled: Mapping[str, Any]) -> list[str]:
+    """`native` (embedded) and `native-scaled` side by side."""
+    a, b = native["runs"]["chatplane"], scaled["runs"]["scaled"]
+    rows = (
+        ("turns/s", a["requests_per_s"], b["requests_per_s"]),
+        ("TTFT p50 ms", a["ttft_ms"]["p50"], b["ttft_ms"]["p50"]),
+        ("TTFT p99 ms", a["ttft_ms"]["p99"], b["ttft_ms"]["p99"]),
+        (
+            "TTFT p99 over mock ms",
+            native["ttft_overhead_ms"]["p99"],
+            scaled["ttft_overhead_ms"]["p99"],
+        ),
+        ("total p50 ms", a["total_ms"]["p50"], b["total_ms"]["p50"]),
+        ("total p99 ms", a["total_ms"]["p99"], b["total_ms"]["p99"]),
+        (
+            "server CPU-ms/turn",
+            a["cpu_ms_per_request"]["chatplane"],
+            b["cpu_ms_per_request"]["total"],
+        ),
+        ("errors", a["errors"], b["errors"]),
+    )
+    lines = [f"{'shapes':>22} {'embedded':>10} {'scaled':>10}"]
+    lines += [f"{label:>22} {_cell(x):>10} {_cell(y):>10}" for label, x, y in rows]
+    return lines
+
+
+def server_lines(
+    server: Mapping[str, Any] | None,
+    paths: Sequence[Path],
+    results: Mapping[str, Mapping[str, Any]] | None = None,
+) -> str:
+    lines = []
+    if server is not None:
+        verdict = "met" if server["idle_rss_mb"] <= TARGET_IDLE_RSS_MB else "MISSED"
+        lines.append(
+            f"chatplane pid {server['pid']}: ready in {server['ready_s']:.2f} s, idle RSS "
+            f"{server['idle_rss_mb']:.1f} MB (target <= {TARGET_IDLE_RSS_MB}: {verdict})"
+        )
+    for name, result in (results or {}).items():
+        own = result["server"]
+        if own is server or own is None:
+            continue
+        if name == NATIVE_SCALED:
+            idle = ", ".join(f"{k} {v}" for k, v in own["idle_rss_mb"].items())
+            lines.append(
+                f"{name}: {own['shape']}; ready in {own['ready_s']:.2f} s; idle RSS MB: {idle}"
+            )
+        else:
+            lines.append(
+                f"{name}: chatplane pid {own['pid']}: ready in {own['ready_s']:.2f} s, "
+                f"idle RSS {own['idle_rss_mb']:.1f} MB"
+            )
     lines += [f"wrote {path}" for path in paths]
     return "\n".join(lines)

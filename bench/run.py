@@ -23,7 +23,14 @@ from bench.report import (
     targets,
     write_json,
 )
-from bench.scenarios import RUNNERS, SCENARIOS, BenchOptions, bench_environment
+from bench.scenarios import (
+    ALL_SCENARIOS,
+    GROUPS,
+    RUNNERS,
+    SCENARIOS,
+    BenchOptions,
+    bench_environment,
+)
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 KIB_PER_MB = 1024
@@ -37,11 +44,12 @@ async def run_bench(
     workdir: Path | None = None,
     echo: Callable[[str], None] = print,
 ) -> dict[str, dict[str, Any]]:
-    """Run one scenario or `all`; returns each scenario's result document (also written
-    to `results_dir/<scenario>-<timestamp>.json`)."""
-    scenarios = SCENARIOS if scenario == "all" else (scenario,)
+    """Run one scenario, `all` or a group (`shapes`); returns each scenario's result
+    document (also written to `results_dir/<scenario>-<timestamp>.json`)."""
+    scenarios = SCENARIOS if scenario == "all" else GROUPS.get(scenario, (scenario,))
     if any(name not in RUNNERS for name in scenarios):
-        raise ValueError(f"unknown scenario {scenario!r}; one of all, {', '.join(SCENARIOS)}")
+        choices = ", ".join(("all", *GROUPS, *ALL_SCENARIOS))
+        raise ValueError(f"unknown scenario {scenario!r}; one of {choices}")
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     machine = machine_info()
     revision = source_revision()
@@ -51,13 +59,15 @@ async def run_bench(
         rundir = (workdir / f"run-{stamp}") if workdir else Path(scratch)
         rundir.mkdir(parents=True, exist_ok=True)
         async with bench_environment(options, scenarios, rundir) as env:
-            server = {
-                "pid": env.server.pid,
-                "shape": "embedded: one uvicorn process, SQLite, in-process broker",
-                "ready_s": round(env.startup.ready_s, 3),
-                "idle_rss_mb": round(env.startup.idle_rss_kib / KIB_PER_MB, 1),
-            }
-            echo(f"chatplane on {env.server.base_url}, idle RSS {server['idle_rss_mb']} MB")
+            server: dict[str, Any] | None = None
+            if env.server_or_none is not None and env.startup is not None:
+                server = {
+                    "pid": env.server.pid,
+                    "shape": "embedded: one uvicorn process, SQLite, in-process broker",
+                    "ready_s": round(env.startup.ready_s, 3),
+                    "idle_rss_mb": round(env.startup.idle_rss_kib / KIB_PER_MB, 1),
+                }
+                echo(f"chatplane on {env.server.base_url}, idle RSS {server['idle_rss_mb']} MB")
             for name in scenarios:
                 echo(f"running {name} ...")
                 started = time.time()
@@ -69,16 +79,25 @@ async def run_bench(
                     "machine": machine,
                     "revision": revision,
                     "options": options.as_json(),
-                    "server": server,
+                    "server": server,  # a scenario with processes of its own replaces it
                     **outcome,
                 }
                 document["targets"] = targets(name, document, options)
                 results[name] = document
                 paths.append(write_json(results_dir, name, stamp, document))
-    echo(table(results))
+    if any(result["runs"] for result in results.values()):
+        echo(table(results))
     echo(notes(results))
-    echo(server_lines(server, paths))
+    echo(server_lines(server, paths, results))
     return results
+
+
+def failed(results: dict[str, dict[str, Any]]) -> bool:
+    """Any measured request (or idle stream) that failed."""
+    return any(
+        result.get("errors") or any(run["errors"] for run in result["runs"].values())
+        for result in results.values()
+    )
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -87,7 +106,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         prog="python -m bench.run",
         description="Load-test a fresh `chatplane serve` on 127.0.0.1 and write JSON results.",
     )
-    parser.add_argument("--scenario", choices=("all", *SCENARIOS), default="all")
+    parser.add_argument(
+        "--scenario",
+        choices=("all", *GROUPS, *ALL_SCENARIOS),
+        default="all",
+        help="all = v1-mock, v1-passthrough, native; shapes = native and native-scaled",
+    )
     parser.add_argument("--concurrency", type=int, default=defaults.concurrency)
     parser.add_argument(
         "--requests", type=int, default=defaults.requests, help="measured requests per run"
@@ -115,6 +139,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--warmup", type=int, default=defaults.warmup, help="unrecorded requests before each run"
     )
     parser.add_argument("--request-timeout", type=float, default=defaults.request_timeout_s)
+    parser.add_argument(
+        "--streams", type=int, default=defaults.streams, help="sse-idle: idle streams to open"
+    )
+    parser.add_argument(
+        "--stream-batch",
+        type=int,
+        default=defaults.stream_batch,
+        help="sse-idle: streams opened at once",
+    )
+    parser.add_argument(
+        "--idle-window",
+        type=float,
+        default=defaults.idle_window_s,
+        help="sse-idle: seconds of idle server CPU measured with every stream open",
+    )
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument(
         "--workdir",
@@ -144,6 +183,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--concurrency, --requests, --chunks >= 1 and --duration > 0 are required")
     if args.ttft_ms < 0 or args.chunk_delay_ms < 0 or args.warmup < 0:
         parser.error("--ttft-ms, --chunk-delay-ms and --warmup cannot be negative")
+    if args.streams < 1 or args.stream_batch < 1 or args.idle_window <= 0:
+        parser.error("--streams, --stream-batch >= 1 and --idle-window > 0 are required")
     return args
 
 
@@ -160,6 +201,9 @@ def options_from(args: argparse.Namespace) -> BenchOptions:
         floor=not args.no_floor,
         raw_samples=args.raw_samples,
         profile_dir=args.profile,
+        streams=args.streams,
+        stream_batch=args.stream_batch,
+        idle_window_s=args.idle_window,
     )
 
 
@@ -186,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 workdir=args.workdir.resolve() if args.workdir else None,
             )
         )
-    return 1 if any(run["errors"] for r in results.values() for run in r["runs"].values()) else 0
+    return 1 if failed(results) else 0
 
 
 if __name__ == "__main__":

@@ -4,33 +4,50 @@
 - `v1-passthrough`: the fake upstream measured directly (baseline), then through
   chatplane's passthrough; the difference is what the gateway adds.
 - `native`: a native chat turn (conversation, message, SSE to `turn.completed`).
+- `native-scaled`: the same turn against the scaled shape (Postgres, Redis, two API
+  processes, two workers; `bench/scaled.py`).
+- `sse-idle`: N idle SSE streams held by one embedded API process (`bench/sse_idle.py`).
 
-One chatplane server (and the fake upstream, when the passthrough runs) serves every
-scenario of a bench run; CPU time is read per measured phase, so scenarios do not mix.
+One embedded chatplane server (and the fake upstream, when the passthrough runs) serves
+`v1-mock`, `v1-passthrough` and `native`; CPU time is read per measured phase, so scenarios
+do not mix. `native-scaled` and `sse-idle` start (and stop) their own processes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+import itertools
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 from bench.bare import start_bare
 from bench.clients import ChatCompletionStream, NativeTurn
-from bench.loadgen import RequestFn, client_session, run_load
+from bench.loadgen import RequestFn, Sample, client_session, run_load
 from bench.procs import ManagedProcess, SystemCpu, free_port, system_cpu
 from bench.profile import Profiler
+from bench.scaled import scaled_shape
 from bench.server import IDLE_SETTLE_S, ChatplaneServer, ServerConfig, StartupStats
+from bench.sse_idle import measure_idle_streams
 from bench.stats import per_request_ms, raw_samples, summarize
 from bench.upstream import UPSTREAM_MODEL, start_upstream, upstream_url
 
 V1_MOCK = "v1-mock"
 V1_PASSTHROUGH = "v1-passthrough"
 NATIVE = "native"
+NATIVE_SCALED = "native-scaled"
+SSE_IDLE = "sse-idle"
+# `all`: the scenarios that need nothing but this machine (no Postgres, no Redis).
 SCENARIOS = (V1_MOCK, V1_PASSTHROUGH, NATIVE)
+# The scenarios that run against the one shared embedded server.
+EMBEDDED_SCENARIOS = SCENARIOS
+# Named groups of scenarios besides `all`.
+GROUPS: dict[str, tuple[str, ...]] = {"shapes": (NATIVE, NATIVE_SCALED)}
+ALL_SCENARIOS = (*SCENARIOS, NATIVE_SCALED, SSE_IDLE)
 MOCK_MODEL = "mock"
 FLOOR_RUN = "bare-asgi"
 KIB_PER_MB = 1024
@@ -50,6 +67,9 @@ class BenchOptions:
     floor: bool = True
     raw_samples: bool = False
     profile_dir: Path | None = None
+    streams: int = 5000  # sse-idle: idle SSE streams to open
+    stream_batch: int = 250  # sse-idle: streams opened at once
+    idle_window_s: float = 30.0  # sse-idle: seconds of idle CPU measured (2 keep-alives)
 
     def as_json(self) -> dict[str, Any]:
         values = asdict(self)
@@ -59,13 +79,20 @@ class BenchOptions:
 
 @dataclass
 class BenchEnvironment:
-    """The processes of one bench run."""
+    """The processes of one bench run (no embedded server when only `native-scaled` or
+    `sse-idle` run: they start their own)."""
 
     workdir: Path
-    server: ChatplaneServer
-    startup: StartupStats
+    server_or_none: ChatplaneServer | None = None
+    startup: StartupStats | None = None
     upstream: ManagedProcess | None = None
     upstream_url: str | None = None
+
+    @property
+    def server(self) -> ChatplaneServer:
+        if self.server_or_none is None:
+            raise RuntimeError("this scenario needs the shared embedded server")
+        return self.server_or_none
 
     @property
     def chatplane(self) -> ManagedProcess:
@@ -77,7 +104,11 @@ async def bench_environment(
     options: BenchOptions, scenarios: tuple[str, ...], workdir: Path
 ) -> AsyncIterator[BenchEnvironment]:
     """Start the fake upstream (only if the passthrough runs) and then chatplane, so the
-    server lists the upstream's models at start; stop both by PID at the end."""
+    server lists the upstream's models at start; stop both by PID at the end. Neither
+    starts when no scenario needs them."""
+    if not any(name in EMBEDDED_SCENARIOS for name in scenarios):
+        yield BenchEnvironment(workdir)
+        return
     async with contextlib.AsyncExitStack() as stack:
         upstream_port = free_port() if V1_PASSTHROUGH in scenarios else None
         config = ServerConfig(
@@ -283,9 +314,51 @@ async def run_native(env: BenchEnvironment, options: BenchOptions) -> dict[str, 
     return {"runs": {"chatplane": run}, "ttft_overhead_ms": _ttft_overhead(run, options.ttft_ms)}
 
 
+async def run_native_scaled(env: BenchEnvironment, options: BenchOptions) -> dict[str, Any]:
+    """The native turn against two API processes and two workers on Postgres and Redis;
+    turn i goes to API process i mod 2 (message and its events on the same process)."""
+    async with scaled_shape(env.workdir / "scaled", options) as shape:
+        clients = [
+            NativeTurn(url, model=MOCK_MODEL, api_key=shape.api_key, expected_chunks=options.chunks)
+            for url in shape.base_urls
+        ]
+        run = await measure(NATIVE_SCALED, "scaled", round_robin(clients), options, shape.processes)
+        cpu = run["cpu_ms_per_request"]
+        run["cpu_ms_per_request"]["total"] = (
+            round(sum(cpu[k] for k in shape.processes), 4)
+            if all(cpu[k] is not None for k in shape.processes)
+            else None
+        )
+        run["rss_mb"] = {
+            key: round(process.memory_kib("VmRSS") / KIB_PER_MB, 1)
+            for key, process in shape.processes.items()
+        }
+        return {
+            "server": shape.describe(),
+            "runs": {"scaled": run},
+            "ttft_overhead_ms": _ttft_overhead(run, options.ttft_ms),
+        }
+
+
+def round_robin(requests: Sequence[RequestFn]) -> RequestFn:
+    """One request function that spreads calls over several (one per API process)."""
+    turn = itertools.count()
+
+    async def request(session: aiohttp.ClientSession) -> Sample:
+        return await requests[next(turn) % len(requests)](session)
+
+    return request
+
+
+async def run_sse_idle(env: BenchEnvironment, options: BenchOptions) -> dict[str, Any]:
+    return await measure_idle_streams(env.workdir / "sse-idle", options)
+
+
 ScenarioFn = Callable[[BenchEnvironment, BenchOptions], Awaitable[dict[str, Any]]]
 RUNNERS: dict[str, ScenarioFn] = {
     V1_MOCK: run_v1_mock,
     V1_PASSTHROUGH: run_v1_passthrough,
     NATIVE: run_native,
+    NATIVE_SCALED: run_native_scaled,
+    SSE_IDLE: run_sse_idle,
 }

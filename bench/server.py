@@ -24,6 +24,7 @@ class ServerConfig:
     ttft_ms: float
     chunk_delay_ms: float
     openai_base_url: str | None = None
+    extra_env: tuple[tuple[str, str], ...] = ()  # more `CHATPLANE_*` settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +50,7 @@ class ChatplaneServer:
         }
         if config.openai_base_url:
             settings["CHATPLANE_OPENAI_BASE_URL"] = config.openai_base_url
+        settings.update(config.extra_env)
         self.env = child_env(settings)
         argv = [sys.executable, "-m", "chatplane", "serve"]
         argv += ["--host", LOOPBACK_HOST, "--port", str(self.port)]

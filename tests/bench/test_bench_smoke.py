@@ -7,11 +7,16 @@ writes the documented result shape.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
 from bench.clients import SseReader
 from bench.run import run_bench
+from bench.scaled import PG_ADMIN_DSN, REDIS_URL, services_reachable
 from bench.scenarios import SCENARIOS, BenchOptions
 from bench.stats import percentile
 
@@ -61,6 +66,84 @@ async def test_every_scenario_runs_without_errors(tmp_path: Path) -> None:
     assert "ttft_ms_p99" in results["v1-passthrough"]["added_latency_ms"]
     assert results["v1-passthrough"]["runs"]["through"]["cpu_ms_per_request"]["chatplane"]
     assert any(line.lstrip().startswith("v1-mock") for line in lines)
+
+
+TINY = BenchOptions(
+    concurrency=2,
+    requests=10,
+    duration_s=30,
+    chunks=5,
+    ttft_ms=0,
+    chunk_delay_ms=0,
+    warmup=2,
+    idle_settle_s=0.1,
+)
+
+
+async def test_native_scaled_runs_on_postgres_and_redis(tmp_path: Path) -> None:
+    missing = await services_reachable()
+    if missing is not None and not os.environ.get("CI"):
+        pytest.skip(f"native-scaled needs a local Postgres and Redis: {missing}")
+    lines: list[str] = []
+
+    results = await run_bench(
+        "shapes", TINY, results_dir=tmp_path, workdir=tmp_path / "work", echo=lines.append
+    )
+
+    scaled = results["native-scaled"]
+    run = scaled["runs"]["scaled"]
+    assert run["errors"] == 0, run["error_kinds"]
+    assert run["requests_ok"] == TINY.requests
+    assert run["chunks_per_request"] == TINY.chunks
+    assert set(run["cpu_ms_per_request"]) == {"api1", "api2", "worker1", "worker2", "total"}
+    assert set(scaled["server"]["pids"]) == {"api1", "api2", "worker1", "worker2"}
+    assert "p99" in scaled["ttft_overhead_ms"]
+    assert _written(tmp_path, "native-scaled")["scenario"] == "native-scaled"
+    assert any("embedded" in line and "scaled" in line for line in lines)
+    # Everything it made is gone: the processes, the database, the Redis keys.
+    for pid in scaled["server"]["pids"].values():
+        assert not _running(pid)
+    assert not await _database_exists(scaled["server"]["database"])
+    assert not await _redis_keys(scaled["server"]["redis_prefix"])
+
+
+async def test_sse_idle_holds_streams(tmp_path: Path) -> None:
+    options = BenchOptions(streams=50, stream_batch=20, idle_window_s=1.0, idle_settle_s=0.1)
+
+    results = await run_bench("sse-idle", options, results_dir=tmp_path, echo=lambda _: None)
+
+    document = results["sse-idle"]
+    idle = document["sse_idle"]
+    assert document["errors"] == 0, idle["error_kinds"]
+    assert idle["streams_open"] == idle["streams_open_after_idle"] == 50
+    assert idle["kib_per_stream"] is not None
+    assert idle["idle_cpu_cores"] >= 0
+    assert {check["name"] for check in document["targets"]} >= {
+        "idle_streams_held",
+        "kib_per_stream",
+    }
+    assert not _running(document["server"]["pid"])
+    assert _written(tmp_path, "sse-idle")["scenario"] == "sse-idle"
+
+
+def _running(pid: int) -> bool:
+    return Path(f"/proc/{pid}").exists()
+
+
+async def _database_exists(name: str) -> bool:
+    connection = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        return bool(await connection.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name))
+    finally:
+        await connection.close()
+
+
+async def _redis_keys(prefix: str) -> list[bytes]:
+    client = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        return [key async for key in client.scan_iter(match=f"{prefix}:*")]
+    finally:
+        await client.aclose()
 
 
 def _written(results_dir: Path, scenario: str) -> dict[str, Any]:
