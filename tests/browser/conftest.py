@@ -4,13 +4,15 @@ The server runs as a real subprocess on a free port with its own data dir, so th
 exactly what a user sees: the static app, cookies, CSRF, CSP and the SSE streams.
 
 Set CHATPLANE_BROWSER_BASE_URL (with CHATPLANE_BROWSER_EMAIL and CHATPLANE_BROWSER_PASSWORD)
-to drive an already running instance instead.
+to drive an already running instance instead (the tests that need the extra accounts below
+are skipped then).
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -48,10 +50,21 @@ MOBILE = {"width": 375, "height": 812}
 
 
 @dataclass(frozen=True)
-class LiveServer:
-    base_url: str
+class Account:
     email: str
     password: str
+
+
+@dataclass(frozen=True)
+class LiveServer:
+    base_url: str
+    email: str  # the first user of the default tenant, so its owner
+    password: str
+    # More users of the default tenant, made before the server starts (not for an external
+    # instance): an admin, a member, and an admin who is also a superadmin (an operator).
+    admin: Account | None = None
+    member: Account | None = None
+    superadmin: Account | None = None
 
 
 @dataclass
@@ -88,6 +101,40 @@ def _wait_until_healthy(process: subprocess.Popen[bytes], url: str, log_path: Pa
         f"chatplane serve not healthy within {STARTUP_TIMEOUT_S}s ({last_error}):\n"
         f"{log_path.read_text(errors='replace')[-4000:]}"
     )
+
+
+def _create_user(env: dict[str, str], data_dir: Path, account: Account, *, admin: bool) -> None:
+    created = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "chatplane",
+            "users",
+            "create",
+            account.email,
+            *(["--admin"] if admin else []),
+            "--password-stdin",
+        ],
+        input=f"{account.password}\n".encode(),
+        env=env,
+        cwd=data_dir,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    if created.returncode != 0:
+        pytest.fail(
+            f"`chatplane users create` failed ({created.returncode}):\n"
+            f"{created.stdout.decode(errors='replace')}\n{created.stderr.decode(errors='replace')}"
+        )
+
+
+def _make_superadmin(data_dir: Path, email: str) -> None:
+    """No command makes an operator: set the flag in the embedded database directly."""
+    with sqlite3.connect(data_dir / "chatplane.db") as db:
+        changed = db.execute("UPDATE users SET is_superadmin = 1 WHERE email = ?", (email,))
+        assert changed.rowcount == 1, f"no user {email} to make a superadmin"
+    db.close()
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
@@ -127,25 +174,23 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     # dir as working directory so no developer's .env file is read either.
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHATPLANE_")}
     env |= {"CHATPLANE_DATA_DIR": str(data_dir), "CHATPLANE_MOCK_CHUNK_DELAY_MS": "30"}
+    owner = Account("alice@example.com", "correct-horse-battery-staple-42")
+    admin = Account("admin@example.com", "admin-password-for-tests-1")
+    member = Account("member@example.com", "member-password-for-tests-1")
+    operator = Account("operator@example.com", "operator-password-for-tests-1")
     server = LiveServer(
         base_url=f"http://127.0.0.1:{_free_port()}",
-        email="alice@example.com",
-        password="correct-horse-battery-staple-42",
+        email=owner.email,
+        password=owner.password,
+        admin=admin,
+        member=member,
+        superadmin=operator,
     )
-    created = subprocess.run(
-        [sys.executable, "-m", "chatplane", "users", "create", server.email, "--password-stdin"],
-        input=f"{server.password}\n".encode(),
-        env=env,
-        cwd=data_dir,
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
-    if created.returncode != 0:
-        pytest.fail(
-            f"`chatplane users create` failed ({created.returncode}):\n"
-            f"{created.stdout.decode(errors='replace')}\n{created.stderr.decode(errors='replace')}"
-        )
+    _create_user(env, data_dir, owner, admin=False)  # the first user: the tenant's owner
+    _create_user(env, data_dir, admin, admin=True)
+    _create_user(env, data_dir, member, admin=False)
+    _create_user(env, data_dir, operator, admin=True)
+    _make_superadmin(data_dir, operator.email)
 
     port = server.base_url.rsplit(":", 1)[1]
     log_path = data_dir / "serve.log"

@@ -1,4 +1,5 @@
-"""The web chat app: one HTML page and its static assets (no build step)."""
+"""The web chat app and the admin pages: two HTML pages and their static assets (no build
+step)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,11 @@ router = APIRouter(include_in_schema=False)
 @router.api_route("/", methods=["GET", "HEAD"])
 async def index() -> FileResponse:
     return FileResponse(STATIC_DIR / "index.html", headers={"cache-control": "no-cache"})
+
+
+@router.api_route("/admin", methods=["GET", "HEAD"])
+async def admin() -> FileResponse:
+    return FileResponse(STATIC_DIR / "admin.html", headers={"cache-control": "no-cache"})
 
 
 def static_files() -> StaticFiles:

@@ -44,7 +44,8 @@ export function onUnauthorized(listener) {
   unauthorizedListeners.add(listener);
 }
 
-async function request(method, path, { body, quiet401 = false, signal } = {}) {
+/** One call to the API; answers the parsed JSON (null for 204), throws ApiError. */
+export async function request(method, path, { body, quiet401 = false, signal } = {}) {
   const headers = { Accept: "application/json" };
   if (body !== undefined) headers["Content-Type"] = "application/json";
   if (method !== "GET" && method !== "HEAD") headers["X-CSRF-Token"] = readCookie(CSRF_COOKIE);
@@ -83,6 +84,8 @@ const enc = encodeURIComponent;
 export const api = {
   login: (email, password) =>
     request("POST", "/api/auth/login", { body: { email, password }, quiet401: true }),
+  acceptInvitation: (token, password) =>
+    request("POST", "/api/auth/invitations/accept", { body: { token, password }, quiet401: true }),
   logout: () => request("POST", "/api/auth/logout"),
   me: () => request("GET", "/api/auth/me", { quiet401: true }),
   ssoConfig: () => request("GET", "/api/auth/sso/config"),

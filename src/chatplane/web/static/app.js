@@ -21,6 +21,19 @@ const SSO_ERRORS = {
 };
 const SSO_ERROR_OTHER = "Single sign-on failed. Try again, or ask your administrator.";
 
+// The login view's texts: signing in, or accepting an invitation (`/?invite=<token>`).
+const LOGIN_TEXTS = {
+  title: "Sign in",
+  sub: "Use the account your administrator gave you.",
+  submit: "Sign in",
+};
+const INVITE_TEXTS = {
+  title: "Accept invitation",
+  sub: "Choose a password for your new account: at least 8 characters.",
+  submit: "Accept and sign in",
+};
+const MIN_PASSWORD = 8;
+
 const state = {
   user: null,
   conversationId: null, // the open conversation
@@ -28,6 +41,7 @@ const state = {
   live: null, // {turnId, conversationId, stream, message, cancelling}
   sending: false, // a message is on its way (before the turn stream opens)
   openSeq: 0, // guards against out-of-order conversation loads
+  invite: null, // the token of an invitation being accepted
 };
 
 const thread = new Thread();
@@ -56,10 +70,23 @@ function showLogin(message = "") {
   sidebar.reset();
   thread.clear();
   showView("login");
-  offerSso();
+  setLoginMode();
+  if (!state.invite) offerSso();
   setLoginError(message);
   $("login-password").value = "";
-  $("login-email").focus();
+  (state.invite ? $("login-password") : $("login-email")).focus();
+}
+
+/** The login form signs in, or (with an invitation) only asks for the new password. */
+function setLoginMode() {
+  const invite = Boolean(state.invite);
+  const texts = invite ? INVITE_TEXTS : LOGIN_TEXTS;
+  document.querySelector(".login-title").textContent = texts.title;
+  document.querySelector(".login-sub").textContent = texts.sub;
+  $("login-submit").textContent = texts.submit;
+  $("login-email").closest(".field").hidden = invite;
+  $("login-password").autocomplete = invite ? "new-password" : "current-password";
+  if (invite) $("sso").hidden = true;
 }
 
 function setLoginError(message) {
@@ -72,6 +99,7 @@ async function showChat(user) {
   state.user = user;
   $("user-email").textContent = user.email;
   $("user-avatar").textContent = (user.email || "?").slice(0, 1).toUpperCase();
+  $("admin-link").hidden = !(user.role === "owner" || user.role === "admin" || user.is_superadmin);
   showView("chat");
   await Promise.all([models.load(), loadConversations()]);
   await openFromLocation();
@@ -102,8 +130,50 @@ function takeSsoError() {
   return SSO_ERRORS[code] || SSO_ERROR_OTHER;
 }
 
+/** An invitation's token from the address (`/?invite=<token>`); it stays there until the
+ * invitation is accepted, so a reload keeps the form. */
+function inviteFromLocation() {
+  return new URLSearchParams(location.search).get("invite") || null;
+}
+
+function dropInviteFromLocation() {
+  const params = new URLSearchParams(location.search);
+  params.delete("invite");
+  const query = params.toString();
+  history.replaceState(null, "", `${location.pathname}${query ? `?${query}` : ""}${location.hash}`);
+}
+
+async function onAcceptInvitation() {
+  const password = $("login-password").value;
+  if (password.length < MIN_PASSWORD) {
+    setLoginError(`Choose a password of at least ${MIN_PASSWORD} characters.`);
+    return;
+  }
+  const button = $("login-submit");
+  button.disabled = true;
+  button.textContent = "Setting up…";
+  setLoginError("");
+  try {
+    await api.acceptInvitation(state.invite, password);
+    state.invite = null;
+    dropInviteFromLocation();
+    setLoginMode();
+    await showChat(await api.me());
+  } catch (error) {
+    setLoginError(error?.userMessage || "Could not accept the invitation. Try again.");
+    $("login-password").select();
+  } finally {
+    button.disabled = false;
+    setLoginMode();
+  }
+}
+
 async function onLoginSubmit(event) {
   event.preventDefault();
+  if (state.invite) {
+    await onAcceptInvitation();
+    return;
+  }
   const email = $("login-email").value.trim();
   const password = $("login-password").value;
   if (!email || !password) {
@@ -517,6 +587,11 @@ function wire() {
 
 async function boot() {
   wire();
+  state.invite = inviteFromLocation();
+  if (state.invite) {
+    showLogin(); // whoever is signed in here, the invitation makes a new account
+    return;
+  }
   const ssoError = takeSsoError();
   if (!mayHaveSession()) {
     showLogin(ssoError); // no cookie, no session: skip a request that can only answer 401
