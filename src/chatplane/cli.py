@@ -239,13 +239,18 @@ def keys_create(
     name: str = typer.Option(..., "--name", help="A name to recognise the key by"),
     rpm: int | None = typer.Option(None, "--rpm", min=1, help="Requests per minute"),
     budget_usd: float | None = typer.Option(None, "--budget-usd", min=0.0, help="Budget"),
+    scope: list[str] = typer.Option(
+        ["chat"], "--scope", help="chat (chat API and /v1) or admin; repeat for both"
+    ),
 ) -> None:
     """Create an API key; it is printed once, alone on its line."""
     settings = load_settings()
 
     async def create() -> str:
         async with _auth(settings) as auth:
-            _, plaintext = await auth.create_api_key(email, name, rpm=rpm, budget_usd=budget_usd)
+            _, plaintext = await auth.create_api_key(
+                email, name, rpm=rpm, budget_usd=budget_usd, scopes=frozenset(scope)
+            )
             return plaintext
 
     typer.echo(run(create()))

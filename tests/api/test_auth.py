@@ -56,6 +56,8 @@ async def test_cookie_session_needs_the_csrf_header_for_writes(live: LiveServer)
         me = await browser.get("/api/auth/me")
         assert me.status_code == 200
         assert me.json()["email"] == live.email
+        assert me.json()["is_superadmin"] is False
+        assert me.json()["scopes"] == ["admin", "chat"]
 
         forged = await browser.post("/api/conversations", json={})
         assert forged.status_code == 403

@@ -83,6 +83,18 @@ def test_users_and_keys_are_created_and_bad_input_is_refused(tmp_path: Path) -> 
     assert lines[0].startswith("cp_")
     assert len(lines[0]) > 40
 
+    bad_scope = chatplane(
+        tmp_path, "keys", "create", "root@example.com", "--name", "x", "--scope", "root"
+    )
+    assert bad_scope.returncode == 1
+    assert "Scopes are one or more of" in bad_scope.stderr
+    both = chatplane(
+        tmp_path, "keys", "create", "root@example.com", "--name", "ops",
+        "--scope", "chat", "--scope", "admin",
+    )  # fmt: skip
+    assert both.returncode == 0, both.stderr
+    assert both.stdout.strip().startswith("cp_")
+
     unknown = chatplane(tmp_path, "keys", "create", "nobody@example.com", "--name", "x")
     assert unknown.returncode == 1
     assert "No user" in unknown.stderr

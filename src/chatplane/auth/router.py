@@ -81,6 +81,8 @@ async def me(principal: CurrentPrincipal) -> MeOut:
         email=principal.email,
         tenant_id=principal.tenant_id,
         role=principal.role,
+        is_superadmin=principal.is_superadmin,
+        scopes=sorted(principal.scopes),
     )
 
 

@@ -27,6 +27,8 @@ class MeOut(BaseModel):
     email: str
     tenant_id: str
     role: str
+    is_superadmin: bool
+    scopes: list[str]
 
 
 class PasswordChangeIn(BaseModel):
