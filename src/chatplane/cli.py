@@ -169,7 +169,7 @@ async def _has_users(settings: Settings) -> bool:
     db = Database(create_engine(settings))
     try:
         async with db.session() as session:
-            return bool(await AuthRepository(session).count_users())
+            return await AuthRepository(session).has_users()
     finally:
         await db.close()
 

@@ -29,9 +29,8 @@ class AuthRepository:
     async def user_by_id(self, user_id: str) -> User | None:
         return await self.session.get(User, user_id)
 
-    async def count_users(self) -> int:
-        result = await self.session.scalars(select(User.id).limit(1))
-        return len(result.all())
+    async def has_users(self) -> bool:
+        return await self.session.scalar(select(User.id).limit(1)) is not None
 
     async def api_key_with_user(self, key_hash: str) -> tuple[ApiKey, User] | None:
         statement = (
