@@ -496,7 +496,9 @@ async def test_audit_log_loads_older_events(
     await expect(rows.first).to_contain_text(need(live_server.admin).email)  # the actor
     await shot(page, artifacts, "admin-17-audit-desktop")
     await page.click(".audit-more")
-    await page.wait_for_function("document.querySelectorAll('.audit-row').length > 50")
+    # A locator assertion, not wait_for_function: a string predicate is eval'd in the
+    # page, which the page's CSP (no 'unsafe-eval') rightly refuses.
+    await expect(rows.nth(50)).to_be_attached()
     ids = await rows.evaluate_all("(rows) => rows.map((r) => r.dataset.id)")
     assert len(ids) == len(set(ids))  # older events appended, none twice
     await assert_clean(page, log)
