@@ -29,7 +29,7 @@ async def counter(request: pytest.FixtureRequest) -> AsyncIterator[WindowCounter
         return
     await require_redis()
     prefix = unique_prefix()
-    redis = RedisWindowCounter(REDIS_URL, key_prefix=prefix)
+    redis = RedisWindowCounter.from_url(REDIS_URL, key_prefix=prefix)
     yield redis
     await redis.close()
     await delete_keys(prefix)
@@ -67,7 +67,7 @@ async def test_concurrent_hits_are_all_counted(counter: WindowCounter) -> None:
 
 
 async def test_an_unreachable_redis_is_a_clear_error() -> None:
-    counter = RedisWindowCounter("redis://127.0.0.1:1/0", key_prefix="nowhere")
+    counter = RedisWindowCounter.from_url("redis://127.0.0.1:1/0", key_prefix="nowhere")
     try:
         with pytest.raises(ServiceUnavailable):
             await counter.hit("k", window_s=1)

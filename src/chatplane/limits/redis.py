@@ -1,12 +1,25 @@
-"""Fixed-window counters on Redis: one round trip per hit, exact across replicas."""
+"""The Redis side of the limit stores: the client they share, how its errors surface, and
+the fixed-window counters (one round trip per hit, exact across replicas)."""
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 from redis import exceptions as redis_errors
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from chatplane.errors import ServiceUnavailable
 from chatplane.limits.counters import WindowCount
+
+MAX_CONNECTIONS = 32
+
+_UNAVAILABLE = (
+    redis_errors.ConnectionError,
+    redis_errors.TimeoutError,
+    redis_errors.ReadOnlyError,  # a replica during a failover
+    OSError,
+)
 
 # INCR, open the window on the first hit, and report the time left, atomically.
 HIT = """
@@ -16,43 +29,63 @@ return {count, redis.call('PTTL', KEYS[1])}
 """
 
 
+def connect(url: str, *, max_connections: int = MAX_CONNECTIONS) -> Redis:
+    """The client the limit stores of one process share. The pool blocks: a burst waits
+    for a free connection instead of failing."""
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=2,
+        socket_connect_timeout=2,
+        socket_timeout=2,
+    )
+    return Redis.from_pool(pool)
+
+
+@contextlib.contextmanager
+def store_errors() -> Iterator[None]:
+    """Connection trouble as `ServiceUnavailable` (a 503), everything else as it is."""
+    try:
+        yield
+    except _UNAVAILABLE as exc:
+        raise ServiceUnavailable("The limit store (Redis) is unreachable") from exc
+
+
 class RedisWindowCounter:
-    def __init__(self, url: str, *, key_prefix: str) -> None:
-        # A blocking pool: a burst waits for a free connection instead of failing.
-        pool = BlockingConnectionPool.from_url(
-            url, max_connections=20, timeout=2, socket_connect_timeout=2, socket_timeout=2
-        )
-        self._client = Redis.from_pool(pool)
+    """Counts on `client`, which it closes only when it made it (`from_url`)."""
+
+    def __init__(self, client: Redis, *, key_prefix: str, owns_client: bool = False) -> None:
+        self._client = client
+        self._owns_client = owns_client
         self._prefix = f"{key_prefix}:limits:"
-        self._hit = self._client.register_script(HIT)
+        self._hit = client.register_script(HIT)
+
+    @classmethod
+    def from_url(cls, url: str, *, key_prefix: str) -> RedisWindowCounter:
+        return cls(connect(url, max_connections=20), key_prefix=key_prefix, owns_client=True)
 
     def _key(self, key: str) -> str:
         return f"{self._prefix}{{{key}}}"
 
     async def hit(self, key: str, *, window_s: float) -> WindowCount:
-        try:
+        with store_errors():
             count, pttl = await self._hit(keys=[self._key(key)], args=[int(window_s * 1000)])
-        except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
-            raise ServiceUnavailable("The limit store (Redis) is unreachable") from exc
         return WindowCount(int(count), max(0, int(pttl)) / 1000)
 
     async def peek(self, key: str) -> WindowCount:
-        try:
+        with store_errors():
             async with self._client.pipeline(transaction=False) as pipe:
                 pipe.get(self._key(key))
                 pipe.pttl(self._key(key))
                 raw, pttl = await pipe.execute()
-        except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
-            raise ServiceUnavailable("The limit store (Redis) is unreachable") from exc
         if raw is None:
             return WindowCount(0, 0.0)
         return WindowCount(int(raw), max(0, int(pttl)) / 1000)
 
     async def reset(self, key: str) -> None:
-        try:
+        with store_errors():
             await self._client.delete(self._key(key))
-        except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
-            raise ServiceUnavailable("The limit store (Redis) is unreachable") from exc
 
     async def close(self) -> None:
-        await self._client.aclose()
+        if self._owns_client:
+            await self._client.aclose()

@@ -1,0 +1,45 @@
+"""The limit stores of one process as one bundle, closed together."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from chatplane.limits.counters import MemoryWindowCounter, WindowCounter
+from chatplane.limits.memory import (
+    Clock,
+    MemoryBudgetLedger,
+    MemoryRateLimiter,
+    MemorySlotLimiter,
+)
+from chatplane.limits.protocol import BudgetLedger, RateLimiter, SlotLimiter
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+
+@dataclass(frozen=True, slots=True)
+class LimitStores:
+    rates: RateLimiter
+    slots: SlotLimiter
+    budgets: BudgetLedger
+    counter: WindowCounter
+    redis: Redis | None = None  # the client the Redis stores share, closed after them
+
+    async def close(self) -> None:
+        try:
+            for store in (self.slots, self.rates, self.budgets, self.counter):
+                await store.close()
+        finally:
+            if self.redis is not None:
+                await self.redis.aclose()
+
+
+def memory_limit_stores(*, clock: Clock = time.monotonic) -> LimitStores:
+    return LimitStores(
+        rates=MemoryRateLimiter(clock=clock),
+        slots=MemorySlotLimiter(),
+        budgets=MemoryBudgetLedger(clock=clock),
+        counter=MemoryWindowCounter(),
+    )
