@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 RUN_STAMP := $(VENV)/.installed-run
 
-.PHONY: run test lint format bench install install-dev browser clean
+.PHONY: run test lint format bench install install-dev browser promtool clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,7 +38,10 @@ format: $(STAMP)
 browser:
 	scripts/ensure-chromium.sh
 
-test: lint browser
+promtool:
+	scripts/ensure-promtool.sh
+
+test: lint browser promtool
 	$(BIN)/pytest
 
 bench: $(RUN_STAMP)

@@ -38,6 +38,12 @@ def make_settings(data_dir: Path, **overrides: Any) -> Settings:
         "password_memory_kib": 1024,
         "password_parallelism": 1,
         "sse_keepalive_s": 1.0,
+        # The limits stay on (every request goes through them) but far above what a test
+        # sends; the limit tests set their own.
+        "rate_limit_key_rpm": 100_000,
+        "rate_limit_user_rpm": 100_000,
+        "rate_limit_ip_rpm": 100_000,
+        "rate_limit_ip_zones": {},
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

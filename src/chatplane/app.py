@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -11,6 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.routing import Route
 
 from chatplane import __version__
+from chatplane.admin.limits_router import router as limits_admin_router
 from chatplane.admin.router import accept_router as invitation_accept_router
 from chatplane.admin.router import router as admin_router
 from chatplane.auth.keys_router import router as keys_router
@@ -25,8 +27,11 @@ from chatplane.http.client import ClientResolver
 from chatplane.http.middleware import HttpMiddleware
 from chatplane.http.openapi import install_openapi
 from chatplane.http.problems import install_error_handlers
+from chatplane.limits.middleware import LimitMiddleware
+from chatplane.observability.exposition import MetricsEndpoint, process_exiting
 from chatplane.providers.admin_router import router as models_admin_router
 from chatplane.settings import Settings
+from chatplane.usage.router import router as usage_router
 from chatplane.web.router import router as web_router
 from chatplane.web.router import static_files
 
@@ -91,14 +96,20 @@ def create_app(
     app.include_router(invitation_accept_router)
     app.include_router(keys_router)
     app.include_router(admin_router)
+    app.include_router(limits_admin_router)
     app.include_router(sso_router)
     app.include_router(chat_router)
     app.include_router(models_admin_router)
+    app.include_router(usage_router)
     app.router.routes.append(Route("/api/turns/{turn_id}/events", TurnEvents(), methods=["GET"]))
+    app.router.routes.append(Route("/metrics", MetricsEndpoint(), methods=["GET"]))
     install_gateway(app)
     install_openapi(app)
     app.include_router(web_router)
     app.mount("/static", static_files(), name="static")
+    # Inside CORS (a preflight is not limited, a 429 carries the CORS headers) and inside
+    # HttpMiddleware (the client address is resolved through trusted proxies first).
+    app.add_middleware(LimitMiddleware)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -106,7 +117,13 @@ def create_app(
             allow_credentials=False,  # cross-origin callers use bearer tokens, not cookies
             allow_methods=["GET", "POST", "PATCH", "DELETE"],
             allow_headers=["authorization", "content-type", "last-event-id", "x-request-id"],
-            expose_headers=["x-request-id", "retry-after"],
+            expose_headers=[
+                "x-request-id",
+                "retry-after",
+                "ratelimit-limit",
+                "ratelimit-remaining",
+                "ratelimit-reset",
+            ],
             max_age=600,
         )
     app.add_middleware(
@@ -124,4 +141,5 @@ def serve_app() -> FastAPI:
 
     settings = Settings()
     configure_logging(settings)
+    atexit.register(process_exiting)  # its live gauges leave the sums of the other processes
     return create_app(settings, migrate_embedded=False)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
-from collections.abc import AsyncIterator, Coroutine
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
     from chatplane.auth.service import AuthService
 
 T = TypeVar("T")
+# prometheus-client's multi-process switch, read when it is first imported.
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 cli = typer.Typer(
     no_args_is_help=True,
@@ -92,6 +95,8 @@ def serve(
     ),
 ) -> None:
     """Run the platform: web app, chat API and the /v1 gateway."""
+    # Only the N server processes keep metrics in files; this one and its helpers do not.
+    metrics_dir = os.environ.pop(MULTIPROC_DIR_ENV, None)
     import uvicorn
 
     from chatplane.app import create_app
@@ -127,9 +132,32 @@ def serve(
     }
     if workers == 1:
         uvicorn.run(create_app(settings, migrate_embedded=False), **common)
-    else:
+        return
+    with _shared_metrics_dir(metrics_dir):
         # Each process builds its own app from the same environment.
         uvicorn.run("chatplane.app:serve_app", factory=True, workers=workers, **common)
+
+
+@contextmanager
+def _shared_metrics_dir(given: str | None) -> Iterator[None]:
+    """The processes of `serve --workers N` keep their metrics in files of one directory
+    (prometheus-client's multi-process mode), so any of them serves the sums: the directory
+    named by PROMETHEUS_MULTIPROC_DIR, emptied, or else a fresh one removed at the end. Set
+    before the processes start, since prometheus-client reads it when first imported."""
+    import shutil
+    import tempfile
+
+    from chatplane.observability.exposition import prepare_multiprocess_dir
+
+    directory = given or tempfile.mkdtemp(prefix="chatplane-metrics-")
+    prepare_multiprocess_dir(directory)
+    os.environ[MULTIPROC_DIR_ENV] = directory
+    try:
+        yield
+    finally:
+        if not given:
+            shutil.rmtree(directory, ignore_errors=True)
+            del os.environ[MULTIPROC_DIR_ENV]
 
 
 @cli.command()
@@ -137,8 +165,12 @@ def worker(
     concurrency: int | None = typer.Option(
         None, min=1, help="Turns run at once [CHATPLANE_TURN_CONCURRENCY]"
     ),
+    metrics_port: int | None = typer.Option(
+        None, min=0, max=65535, help="GET /metrics port, 0: off [CHATPLANE_WORKER_METRICS_PORT]"
+    ),
 ) -> None:
     """Run turns from the Redis queue (the scaled shape); SIGTERM drains it."""
+    os.environ.pop(MULTIPROC_DIR_ENV, None)  # one process: its metrics stay in memory
     from chatplane.worker import run_worker
 
     settings = load_settings()
@@ -146,6 +178,8 @@ def worker(
         raise fail("the worker takes turns from Redis: set CHATPLANE_REDIS_URL", 2)
     if concurrency is not None:
         settings = settings.model_copy(update={"turn_concurrency": concurrency})
+    if metrics_port is not None:
+        settings = settings.model_copy(update={"worker_metrics_port": metrics_port})
     import uvloop
 
     try:

@@ -21,7 +21,8 @@ from chatplane.chat.service import ChatService
 from chatplane.chat.worker import TurnWorker
 from chatplane.crypto import SecretBox, encryption_key
 from chatplane.db.engine import Database, create_engine
-from chatplane.limits import WindowCounter, create_window_counter
+from chatplane.limits import LimitStores, WindowCounter, create_limit_stores
+from chatplane.limits.service import LimitService
 from chatplane.providers.endpoints import ModelEndpointService
 from chatplane.providers.http import create_upstream_session
 from chatplane.providers.registry import ModelRegistry, build_registry
@@ -42,6 +43,8 @@ class Services:
     sessions: SessionService
     audit: AuditLog
     failures: WindowCounter
+    limit_stores: LimitStores
+    limits: LimitService
     chat: ChatService
     runner: TurnRunner
     usage: UsageRecorder
@@ -56,7 +59,8 @@ class Services:
         await self.usage.close()
         await self.registry.close()
         await self.http.close()
-        await self.failures.close()
+        await self.limits.close()
+        await self.limit_stores.close()
         await self.broker.close()
         await self.db.close()
 
@@ -78,11 +82,19 @@ async def build_services(
     await broker.start()
     http = create_upstream_session(settings)
     registry = await build_registry(settings, http)
-    runner = TurnRunner(db, broker, registry, settings)
+    limit_stores = create_limit_stores(settings)
+    limits = LimitService(
+        settings,
+        db,
+        rates=limit_stores.rates,
+        slots=limit_stores.slots,
+        budgets=limit_stores.budgets,
+    )
+    runner = TurnRunner(db, broker, registry, settings, limits)
     audit = AuditLog(db)
     passwords = Passwords(settings)
     auth = AuthService(db, settings, passwords, audit)
-    failures = create_window_counter(settings)
+    failures = limit_stores.counter
     services = Services(
         settings=settings,
         db=db,
@@ -93,7 +105,9 @@ async def build_services(
         sessions=SessionService(db, settings, passwords, auth, failures, audit),
         audit=audit,
         failures=failures,
-        chat=ChatService(db, broker, registry),
+        limit_stores=limit_stores,
+        limits=limits,
+        chat=ChatService(db, broker, registry, limits, settings),
         runner=runner,
         usage=UsageRecorder(db),
         oidc=OidcClient(settings, http),

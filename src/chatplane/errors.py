@@ -71,6 +71,12 @@ class PayloadTooLarge(ChatplaneError):
     title = "Request body too large"
 
 
+class BudgetExceeded(ChatplaneError):
+    code = "budget_exceeded"
+    status = 402
+    title = "The budget does not cover this request"
+
+
 class TooManyRequests(ChatplaneError):
     code = "rate_limited"
     status = 429

@@ -87,6 +87,29 @@ class Settings(BaseSettings):
     login_max_failures: int = Field(default=5, ge=1)
     login_window_s: int = Field(default=900, ge=1)
 
+    # Rate limits (requests or tokens per minute) and concurrent requests. Defaults for every
+    # key, user and tenant; tenants and keys override them in the admin API. 0: unlimited.
+    rate_limit_key_rpm: int = Field(default=600, ge=0)
+    rate_limit_user_rpm: int = Field(default=600, ge=0)
+    rate_limit_tenant_rpm: int = Field(default=0, ge=0)
+    rate_limit_key_tpm: int = Field(default=0, ge=0)
+    rate_limit_user_tpm: int = Field(default=0, ge=0)
+    rate_limit_tenant_tpm: int = Field(default=0, ge=0)
+    max_concurrent_key: int = Field(default=0, ge=0)
+    max_concurrent_user: int = Field(default=32, ge=0)
+    max_concurrent_tenant: int = Field(default=0, ge=0)
+    # Per client IP, per zone of routes (auth, chat, gateway, upload, admin): the default,
+    # and per-zone values, e.g. {"auth": 60}.
+    rate_limit_ip_rpm: int = Field(default=1200, ge=0)
+    rate_limit_ip_zones: dict[str, int] = Field(default_factory=lambda: {"auth": 120})
+    # When the limit store (Redis) is unreachable, requests in these zones pass unlimited
+    # (logged and counted); in the others they are refused with 503. Budgets always refuse.
+    limits_fail_open_zones: list[str] = Field(
+        default_factory=lambda: ["auth", "chat", "upload", "admin"]
+    )
+    # An unsettled budget reservation (a process died mid-request) stops counting after this.
+    budget_reservation_ttl_s: int = Field(default=3600, ge=60)
+
     # Client IPs: X-Forwarded-For is believed only from these proxies (IPs or CIDRs).
     trusted_proxies: list[str] = Field(default_factory=list)
     # Cross-origin requests: allowed origins (none by default).
@@ -95,6 +118,9 @@ class Settings(BaseSettings):
     # Database pool (scaled shape).
     db_pool_size: int = Field(default=10, ge=1)
     db_max_overflow: int = Field(default=10, ge=0)
+
+    # `chatplane worker` serves GET /metrics on this port (on CHATPLANE_HOST); 0: off.
+    worker_metrics_port: int = Field(default=0, ge=0, le=65535)
 
     @field_validator("database_url")
     @classmethod

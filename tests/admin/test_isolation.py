@@ -29,7 +29,7 @@ from tests.api.live import LiveServer
 PUBLIC_ROUTES = frozenset({"/api/auth/login", "/api/auth/refresh", "/api/auth/invitations/accept"})
 PUBLIC_PREFIXES = ("/api/auth/sso/",)
 # Objects of the whole platform (superadmins only): no tenant owns them.
-PLATFORM_PARAMS = frozenset({"endpoint_id"})
+PLATFORM_PARAMS = frozenset({"endpoint_id", "model"})
 PARAM = re.compile(r"{(\w+)}")
 ISOLATED = (403, 404)
 
@@ -67,12 +67,20 @@ async def populate(live: LiveServer) -> Tenancy:
         invitation = expect(
             await admin.post("/api/admin/invitations", json={"email": invitee}), 201
         )
+        budget = expect(
+            await admin.post(
+                "/api/admin/budgets",
+                json={"scope": "user", "subject_id": member.id, "period": "day", "limit_usd": 5},
+            ),
+            201,
+        )
     ids = {
         "conversation_id": conversation["id"],
         "turn_id": turn["turn_id"],
         "user_id": member.id,
         "key_id": key["id"],
         "invitation_id": invitation["id"],
+        "budget_id": budget["id"],
         "session_id": session_id,
         "tenant_id": org.tenant_id,
     }

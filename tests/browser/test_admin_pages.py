@@ -504,7 +504,18 @@ async def test_audit_log_loads_older_events(
     await assert_clean(page, log)
 
 
-PAGES = ["users", "invitations", "keys", "audit", "tenants", "models", "account"]
+PAGES = [
+    "users",
+    "invitations",
+    "keys",
+    "usage",
+    "limits",
+    "audit",
+    "tenants",
+    "models",
+    "prices",
+    "account",
+]
 
 
 async def test_every_page_at_desktop_and_phone_width(

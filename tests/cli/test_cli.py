@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -98,6 +99,23 @@ def test_users_and_keys_are_created_and_bad_input_is_refused(tmp_path: Path) -> 
     unknown = chatplane(tmp_path, "keys", "create", "nobody@example.com", "--name", "x")
     assert unknown.returncode == 1
     assert "No user" in unknown.stderr
+
+    limited = chatplane(
+        tmp_path, "keys", "create", "root@example.com", "--name", "metered",
+        "--rpm", "7", "--budget-usd", "1.5",
+    )  # fmt: skip
+    assert limited.returncode == 0, limited.stderr
+    with sqlite3.connect(tmp_path / "chatplane.db") as db:
+        key_id, rpm = db.execute("SELECT id, rpm FROM api_keys WHERE name = 'metered'").fetchone()
+        budget = db.execute(
+            "SELECT scope, period, limit_usd FROM budgets WHERE subject_id = ?", (key_id,)
+        ).fetchone()
+    assert rpm == 7
+    assert budget == ("key", "lifetime", 1.5)  # a lifetime budget of the key
+    negative = chatplane(
+        tmp_path, "keys", "create", "root@example.com", "--name", "y", "--budget-usd", "-1"
+    )
+    assert negative.returncode != 0
 
 
 def test_db_upgrade_and_bad_configuration(tmp_path: Path) -> None:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -46,3 +48,57 @@ async def test_sqlite_round_trip_without_drift(tmp_path: Path) -> None:
 async def test_postgres_round_trip_without_drift() -> None:
     async with postgres_database(f"chatplane_migrations_{RUN_ID}_{uuid.uuid4().hex[:6]}") as url:
         await _round_trip(url)
+
+
+async def _key_budgets_move(database_url: str) -> None:
+    """0004 moves an API key's `budget_usd` into a lifetime budget row, and back."""
+    config = migrate.alembic_config(database_url)
+    await migrate.upgrade(database_url, "0003")
+    engine = create_async_engine(database_url)
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(
+                text("INSERT INTO tenants (id, slug, name, sso_domains, disabled, created_at) "
+                     "VALUES ('t1', 't1', 'T', '', false, :now)"),
+                {"now": now},
+            )  # fmt: skip
+            await connection.execute(
+                text("INSERT INTO users (id, tenant_id, email, role, is_superadmin, disabled, "
+                     "created_at) VALUES ('u1', 't1', 'a@example.com', 'owner', false, false, "
+                     ":now)"),
+                {"now": now},
+            )  # fmt: skip
+            for key_id, budget in (("k1", 2.5), ("k2", None)):
+                await connection.execute(
+                    text("INSERT INTO api_keys (id, tenant_id, user_id, name, prefix, key_hash, "
+                         "scopes, budget_usd, created_at) VALUES (:id, 't1', 'u1', :id, 'cp_x', "
+                         ":id, 'chat', :budget, :now)"),
+                    {"id": key_id, "budget": budget, "now": now},
+                )  # fmt: skip
+        await migrate.upgrade(database_url)
+        async with engine.connect() as connection:
+            rows = (
+                await connection.execute(
+                    text("SELECT tenant_id, scope, subject_id, period, limit_usd FROM budgets")
+                )
+            ).all()
+        assert [tuple(row) for row in rows] == [("t1", "key", "k1", "lifetime", 2.5)]
+        await asyncio.to_thread(command.downgrade, config, "0003")
+        async with engine.connect() as connection:
+            back = (
+                await connection.execute(text("SELECT id, budget_usd FROM api_keys ORDER BY id"))
+            ).all()
+        assert [tuple(row) for row in back] == [("k1", 2.5), ("k2", None)]
+    finally:
+        await engine.dispose()
+
+
+async def test_sqlite_moves_key_budgets(tmp_path: Path) -> None:
+    await _key_budgets_move(f"sqlite+aiosqlite:///{tmp_path / 'budgets.db'}")
+
+
+@pytest.mark.postgres
+async def test_postgres_moves_key_budgets() -> None:
+    async with postgres_database(f"chatplane_budgets_{RUN_ID}_{uuid.uuid4().hex[:6]}") as url:
+        await _key_budgets_move(url)

@@ -109,13 +109,14 @@ async def test_settle_adds_to_existing_counters_only(stores: LimitStores) -> Non
 async def test_an_expired_reservation_stops_counting(stores: LimitStores) -> None:
     rule, late = budget(1000), rid()
     await stores.budgets.seed("t1", rule.key, 0, ttl_s=None)
-    assert (await stores.budgets.reserve("t1", late, 800, [rule], ttl_s=1.0)).ok
+    # Long enough that a loaded machine still makes the next call before it expires.
+    assert (await stores.budgets.reserve("t1", late, 800, [rule], ttl_s=2.0)).ok
     assert not (await stores.budgets.reserve("t1", rid(), 800, [rule], ttl_s=TTL_S)).ok
 
     async def released() -> bool:
         return await stores.budgets.state("t1", rule.key) == BudgetState(rule.key, 0, 0)
 
-    await eventually(released)
+    await eventually(released, timeout_s=10)
     assert not await stores.budgets.settle("t1", late, 300, [rule.key])  # expired: not live
     assert await stores.budgets.state("t1", rule.key) == BudgetState(rule.key, 300, 0)
     assert (await stores.budgets.reserve("t1", rid(), 700, [rule], ttl_s=TTL_S)).ok
@@ -123,7 +124,7 @@ async def test_an_expired_reservation_stops_counting(stores: LimitStores) -> Non
 
 async def test_a_seeded_counter_expires_with_its_ttl(stores: LimitStores) -> None:
     rule = budget(1000)
-    await stores.budgets.seed("t1", rule.key, 10, ttl_s=1)
+    await stores.budgets.seed("t1", rule.key, 10, ttl_s=2)
     assert await stores.budgets.state("t1", rule.key) == BudgetState(rule.key, 10, 0)
 
     async def gone() -> bool:

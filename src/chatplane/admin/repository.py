@@ -21,9 +21,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from chatplane.auth.models import ApiKey, AuditEvent, Invitation, Tenant, User
 from chatplane.auth.principal import Principal
+from chatplane.limits.models import Budget, TenantLimits
 
-# The identity tables with a tenant_id column (tests/admin/test_scoping.py checks the list).
-TenantOwned = TypeVar("TenantOwned", User, ApiKey, Invitation, AuditEvent)
+# The identity and limit tables with a tenant_id column (tests/admin/test_scoping.py checks
+# the list).
+TenantOwned = TypeVar("TenantOwned", User, ApiKey, Invitation, AuditEvent, Budget)
 
 
 class TenantScope:
@@ -153,6 +155,59 @@ class TenantRepository(TenantScope):
             )
         statement = statement.order_by(AuditEvent.created_at.desc(), AuditEvent.id.desc())
         return (await self.session.scalars(statement.limit(limit))).all()
+
+
+class LimitsRepository(TenantScope):
+    """A tenant's limit overrides, its keys' own limits and its budgets."""
+
+    async def overrides(self) -> TenantLimits | None:
+        return await self.session.get(TenantLimits, self.tenant_id)
+
+    def add_overrides(self) -> TenantLimits:
+        row = TenantLimits(tenant_id=self.tenant_id)
+        self.session.add(row)
+        return row
+
+    async def get_key(self, key_id: str) -> ApiKey | None:
+        return await self.get(ApiKey, key_id)
+
+    async def tenant_exists(self) -> bool:
+        return await self.session.get(Tenant, self.tenant_id) is not None
+
+    async def user_exists(self, user_id: str) -> bool:
+        return await self.get(User, user_id) is not None
+
+    async def budgets(self) -> Sequence[Budget]:
+        statement = self.select(Budget).order_by(Budget.scope, Budget.subject_id, Budget.period)
+        return (await self.session.scalars(statement)).all()
+
+    async def budget(self, budget_id: str) -> Budget | None:
+        return await self.get(Budget, budget_id)
+
+    async def delete_budget(self, budget_id: str) -> bool:
+        result = await self.session.execute(self.delete(Budget).where(Budget.id == budget_id))
+        return bool(getattr(result, "rowcount", 0))
+
+    async def labels(self, budgets: Sequence[Budget]) -> dict[str, str]:
+        """Emails of the users and names of the keys that budgets name."""
+        users = [b.subject_id for b in budgets if b.scope == "user"]
+        keys = [b.subject_id for b in budgets if b.scope == "key"]
+        labels: dict[str, str] = {}
+        if users:
+            rows = await self.session.execute(
+                select(User.id, User.email).where(
+                    User.tenant_id == self.tenant_id, User.id.in_(users)
+                )
+            )
+            labels.update((user_id, email) for user_id, email in rows)
+        if keys:
+            key_rows = await self.session.execute(
+                select(ApiKey.id, ApiKey.name, ApiKey.prefix).where(
+                    ApiKey.tenant_id == self.tenant_id, ApiKey.id.in_(keys)
+                )
+            )
+            labels.update({key_id: f"{name} ({prefix}…)" for key_id, name, prefix in key_rows})
+        return labels
 
 
 class TenantDirectory:

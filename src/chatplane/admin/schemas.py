@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
@@ -75,6 +75,10 @@ def user_out(user: User) -> UserOut:
 class TenantKeyOut(ApiKeyOut):
     user_id: str
     user_email: str
+    # The key's own limits (null: the organisation's key default; 0: unlimited).
+    rpm: int | None = None
+    tpm: int | None = None
+    max_concurrent: int | None = None
 
 
 def key_out(key: ApiKey) -> ApiKeyOut:
@@ -95,7 +99,14 @@ def key_created(key: ApiKey, plaintext: str) -> ApiKeyCreated:
 
 
 def tenant_key_out(key: ApiKey, email: str) -> TenantKeyOut:
-    return TenantKeyOut(**key_out(key).model_dump(), user_id=key.user_id, user_email=email)
+    return TenantKeyOut(
+        **key_out(key).model_dump(),
+        user_id=key.user_id,
+        user_email=email,
+        rpm=key.rpm,
+        tpm=key.tpm,
+        max_concurrent=key.max_concurrent,
+    )
 
 
 # Invitations.
@@ -192,3 +203,71 @@ def tenant_out(tenant: Tenant) -> TenantOut:
         disabled=tenant.disabled,
         created_at=tenant.created_at,
     )
+
+
+# Limits and budgets.
+
+LimitValue = Annotated[int | None, Field(ge=0, le=10_000_000)]
+
+
+class LimitValues(Strict):
+    """Requests/minute (`*rpm`), tokens/minute (`*tpm`) and concurrent requests
+    (`*max_concurrent`) for the whole organisation, each member (`user_*`) and each API key
+    (`key_*`). null: the server's default; 0: unlimited."""
+
+    rpm: LimitValue = None
+    tpm: LimitValue = None
+    max_concurrent: LimitValue = None
+    user_rpm: LimitValue = None
+    user_tpm: LimitValue = None
+    user_max_concurrent: LimitValue = None
+    key_rpm: LimitValue = None
+    key_tpm: LimitValue = None
+    key_max_concurrent: LimitValue = None
+
+
+class LimitsOut(BaseModel):
+    tenant_id: str
+    overrides: dict[str, int | None]
+    defaults: dict[str, int]
+    effective: dict[str, int]
+
+
+class KeyLimitsIn(Strict):
+    """A key's own limits (null: the organisation's key default; 0: unlimited)."""
+
+    rpm: LimitValue = None
+    tpm: LimitValue = None
+    max_concurrent: LimitValue = None
+
+
+class KeyLimitsOut(BaseModel):
+    rpm: int | None
+    tpm: int | None
+    max_concurrent: int | None
+
+
+class BudgetIn(Strict):
+    scope: Literal["tenant", "user", "key"]
+    subject_id: str | None = Field(
+        default=None, max_length=32, description="The user or key id (none for the tenant)"
+    )
+    period: Literal["day", "month", "lifetime"]
+    limit_usd: float = Field(ge=0, le=10_000_000, allow_inf_nan=False)
+
+
+class BudgetPatch(Strict):
+    limit_usd: float = Field(ge=0, le=10_000_000, allow_inf_nan=False)
+
+
+class BudgetOut(BaseModel):
+    id: str
+    scope: str
+    subject_id: str
+    subject_label: str
+    period: str
+    limit_usd: float
+    spent_usd: float = Field(description="Settled spend in the current period")
+    reserved_usd: float = Field(description="Held by requests running now")
+    period_start: datetime | None = Field(description="UTC start of the period (null: lifetime)")
+    created_at: datetime

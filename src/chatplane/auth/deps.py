@@ -7,11 +7,13 @@ from collections.abc import Mapping
 from typing import Annotated
 
 from fastapi import Depends, Request
+from starlette.types import Scope
 
 from chatplane.auth.principal import Principal
 from chatplane.container import Services, get_services
 from chatplane.errors import Forbidden, Unauthorized
 from chatplane.http.client import ClientInfo, client_info
+from chatplane.limits.service import remember, zone_of
 
 SESSION_COOKIE = "chatplane_session"
 CSRF_COOKIE = "chatplane_csrf"
@@ -48,12 +50,22 @@ async def authenticate_request(
     return principal
 
 
+async def count_request(services: Services, principal: Principal, scope: Scope) -> None:
+    """One more request for the caller's key, user and tenant limits (429 when over);
+    the decision is kept for the `RateLimit-*` headers."""
+    zone = zone_of(scope["path"], scope["method"]) or "chat"
+    decision = await services.limits.check_requests(principal, zone)
+    remember(scope.setdefault("state", {}), decision)
+
+
 async def current_principal(
     request: Request, services: Annotated[Services, Depends(get_services)]
 ) -> Principal:
-    return await authenticate_request(
+    principal = await authenticate_request(
         services, method=request.method, headers=request.headers, cookies=request.cookies
     )
+    await count_request(services, principal, request.scope)
+    return principal
 
 
 def require_scope(principal: Principal, scope: str) -> Principal:

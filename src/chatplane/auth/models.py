@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, ForeignKey, Index, Integer, Numeric, String, Text
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from chatplane.db.base import Base, CreatedMixin, IdMixin, UTCDateTime
@@ -43,8 +43,10 @@ class ApiKey(IdMixin, CreatedMixin, Base):
     prefix: Mapped[str] = mapped_column(String(16))
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     scopes: Mapped[str] = mapped_column(String(200), default="chat")
+    # The key's own limits (NULL: the tenant's or the settings' default; 0: unlimited).
     rpm: Mapped[int | None] = mapped_column(Integer)
-    budget_usd: Mapped[float | None] = mapped_column(Numeric(14, 6, asdecimal=False))
+    tpm: Mapped[int | None] = mapped_column(Integer)
+    max_concurrent: Mapped[int | None] = mapped_column(Integer)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

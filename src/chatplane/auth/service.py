@@ -23,6 +23,7 @@ from chatplane.cache import TTLCache
 from chatplane.db.base import new_id, utcnow
 from chatplane.db.engine import Database
 from chatplane.errors import Conflict, NotFound, Unauthorized, ValidationFailed
+from chatplane.limits.models import Budget
 from chatplane.settings import Settings
 
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -140,10 +141,20 @@ class AuthService:
                 key_hash=token_hash(plaintext),
                 scopes=",".join(sorted(scopes)),
                 rpm=rpm,
-                budget_usd=budget_usd,
                 expires_at=expires_at,
             )
             session.add(key)
+            if budget_usd is not None:
+                await session.flush()  # the key row first: the budget refers to it
+                session.add(
+                    Budget(
+                        tenant_id=user.tenant_id,
+                        scope="key",
+                        subject_id=key.id,
+                        period="lifetime",
+                        limit_usd=budget_usd,
+                    )
+                )
             await session.commit()
         await self.audit.record(
             "key.created",

@@ -28,6 +28,7 @@ from chatplane.errors import (
 )
 from chatplane.http.client import ClientInfo
 from chatplane.limits.counters import WindowCounter
+from chatplane.observability.metrics import login_failed
 from chatplane.settings import Settings
 
 
@@ -74,6 +75,7 @@ class SessionService:
         # Always verify, so an unknown email costs the same time as a wrong password.
         valid = await self.passwords.verify(user.password_hash if user else None, password)
         if user is None or not valid or user.disabled:
+            login_failed("disabled" if user is not None and valid else "credentials")
             for key in keys:
                 await self.failures.hit(key, window_s=self.settings.login_window_s)
             await self.audit.record(
@@ -97,6 +99,7 @@ class SessionService:
                 await self.audit.record(
                     "login.locked", subject=email or None, ip=client.ip, scope=key.split(":")[1]
                 )
+                login_failed("locked")
                 retry_after = max(1, int(window.retry_after_s + 0.999))
                 raise TooManyRequests(
                     f"Too many failed logins; try again in {retry_after} seconds",

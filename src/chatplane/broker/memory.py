@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import itertools
 import re
+import time
 from bisect import bisect_right
 from collections import deque
 from collections.abc import Mapping
@@ -27,6 +28,7 @@ from chatplane.broker.protocol import (
     Event,
     Job,
     JobLost,
+    QueueStats,
 )
 from chatplane.errors import BadRequest, ServiceUnavailable
 
@@ -46,6 +48,7 @@ class _QueuedJob:
     deliveries: int = 0
     owner: str | None = None
     lease: asyncio.TimerHandle | None = None
+    enqueued_at: float = 0.0  # time.monotonic()
 
 
 @dataclass(slots=True)
@@ -111,7 +114,9 @@ class MemoryBroker:
     async def enqueue(self, kind: str, payload: Mapping[str, Any]) -> str:
         self._ensure_open()
         job_id = str(next(self._job_ids))
-        self._jobs[job_id] = _QueuedJob(job_id, kind, _json_copy(payload))
+        self._jobs[job_id] = _QueuedJob(
+            job_id, kind, _json_copy(payload), enqueued_at=time.monotonic()
+        )
         self._ready.append(job_id)
         self._wake_claimer()
         return job_id
@@ -174,6 +179,12 @@ class MemoryBroker:
     async def queue_depth(self) -> int:
         self._ensure_open()
         return len(self._jobs)
+
+    async def stats(self) -> QueueStats:
+        self._ensure_open()
+        oldest = min((self._jobs[job_id].enqueued_at for job_id in self._ready), default=None)
+        age = 0.0 if oldest is None else max(0.0, time.monotonic() - oldest)
+        return QueueStats(depth=len(self._jobs), oldest_waiting_age_s=age)
 
     def _deliver(self, job_id: str, consumer: str) -> Job:
         queued = self._jobs[job_id]

@@ -46,6 +46,12 @@ class DeadLetter:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    depth: int  # jobs waiting plus jobs claimed but not acknowledged
+    oldest_waiting_age_s: float  # the oldest job not yet handed to a worker; 0 when none
+
+
 class JobLost(Conflict):
     """The claim on a job is gone: it was reclaimed after the visibility timeout, acked,
     released or dead-lettered. Whoever still runs it should stop."""
@@ -91,6 +97,9 @@ class Broker(Protocol):
 
     async def queue_depth(self) -> int:
         """Jobs waiting plus jobs claimed but not acknowledged."""
+
+    async def stats(self) -> QueueStats:
+        """The queue at a glance, for metrics: one cheap call (one round trip on Redis)."""
 
     # Per-turn event streams.
     async def publish(self, stream: str, type: str, data: Mapping[str, Any]) -> Event:

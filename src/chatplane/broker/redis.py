@@ -44,8 +44,9 @@ from chatplane.broker.protocol import (
     Event,
     Job,
     JobLost,
+    QueueStats,
 )
-from chatplane.broker.redis_scripts import CLAIM, RENEW
+from chatplane.broker.redis_scripts import CLAIM, RENEW, STATS
 from chatplane.broker.redis_streams import (
     StreamFanout,
     event_from_entry,
@@ -53,6 +54,7 @@ from chatplane.broker.redis_streams import (
     raise_if_cancel_was_lost,
 )
 from chatplane.errors import ServiceUnavailable
+from chatplane.observability.metrics import redis_error
 
 _GROUP = "workers"
 _RELEASED = "(released)"  # placeholder owner of released jobs
@@ -81,6 +83,7 @@ class _Connections:
     fanout: StreamFanout
     claim: AsyncScript
     renew: AsyncScript
+    stats: AsyncScript
 
 
 class RedisBroker:
@@ -151,7 +154,8 @@ class RedisBroker:
             block_s=self.read_block_s,
         )
         claim, renew = client.register_script(CLAIM), client.register_script(RENEW)
-        self._conn = _Connections(client, reader, fanout, claim, renew)
+        stats = client.register_script(STATS)
+        self._conn = _Connections(client, reader, fanout, claim, renew, stats)
 
     async def close(self) -> None:
         self._closed = True
@@ -256,6 +260,11 @@ class RedisBroker:
         async with self._op() as conn:
             depth: int = await conn.client.xlen(self._jobs_key)
         return depth
+
+    async def stats(self) -> QueueStats:
+        async with self._op() as conn:
+            depth, age_ms = await conn.stats(keys=[self._jobs_key], args=[_GROUP])
+        return QueueStats(depth=int(depth), oldest_waiting_age_s=int(age_ms) / 1000)
 
     async def _claim_now(self, conn: _Connections, consumer: str) -> Job | None:
         await self._ensure_group(conn)
@@ -395,6 +404,7 @@ class RedisBroker:
         try:
             yield
         except _UNAVAILABLE as exc:
+            redis_error("broker")
             raise self._unavailable_error(exc) from exc
         finally:
             self._in_flight -= 1

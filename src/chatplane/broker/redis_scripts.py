@@ -48,3 +48,30 @@ if p == nil or p[2] ~= ARGV[2] or p[4] ~= tonumber(ARGV[4]) then return 0 end
 redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[5], 0, ARGV[3], 'IDLE', ARGV[6], 'JUSTID')
 return 1
 """
+
+# The queue at a glance in one round trip (KEYS: queue stream; ARGV: group). Returns
+# `{depth, age_ms}`: the stream's length (jobs waiting or claimed) and the age, by the Redis
+# clock, of the oldest entry the group has not delivered yet (0 when none waits).
+STATS = """
+local depth = redis.call('XLEN', KEYS[1])
+if depth == 0 then return {0, 0} end
+local last = '0-0'
+local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[1])
+if ok then
+  for _, g in ipairs(groups) do
+    local name, delivered
+    for i = 1, #g, 2 do
+      if g[i] == 'name' then name = g[i + 1] end
+      if g[i] == 'last-delivered-id' then delivered = g[i + 1] end
+    end
+    if name == ARGV[1] and delivered then last = delivered end
+  end
+end
+local oldest = redis.call('XRANGE', KEYS[1], '(' .. last, '+', 'COUNT', 1)[1]
+if not oldest then return {depth, 0} end
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local age = now_ms - tonumber(string.match(oldest[1], '^(%d+)'))
+if age < 0 then age = 0 end
+return {depth, age}
+"""

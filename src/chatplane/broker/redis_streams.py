@@ -30,6 +30,7 @@ from redis.typing import KeyT, StreamIdT
 
 from chatplane.broker.protocol import READ_BATCH, Event
 from chatplane.errors import BadRequest, ServiceUnavailable
+from chatplane.observability.metrics import redis_error
 
 StreamId = tuple[int, int]
 
@@ -191,6 +192,7 @@ class StreamFanout:
                 if self._closed:
                     return
                 log.warning("broker.reader.error", error=str(exc), retry_in_s=backoff)
+                redis_error("broker_reader")
                 self._reading = {}
                 self._sticky.clear()
                 self._resolve_all(self._unavailable(exc))

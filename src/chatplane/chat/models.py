@@ -44,6 +44,7 @@ class Turn(IdMixin, CreatedMixin, Base):
     conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
     tenant_id: Mapped[str] = mapped_column(String(32))
     user_id: Mapped[str] = mapped_column(String(32))
+    api_key_id: Mapped[str | None] = mapped_column(String(32))  # the key it was posted with
     user_message_id: Mapped[str] = mapped_column(String(32))
     model: Mapped[str] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(16), default="queued")

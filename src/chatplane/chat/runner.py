@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import structlog
@@ -16,6 +16,13 @@ from chatplane.chat.repository import TurnRepository, next_seq
 from chatplane.db.base import new_id, utcnow
 from chatplane.db.engine import Database
 from chatplane.errors import ChatplaneError, ProviderError
+from chatplane.limits.service import LimitService
+from chatplane.observability.metrics import (
+    provider_error,
+    turn_ended,
+    turn_first_token,
+    turn_started,
+)
 from chatplane.providers.protocol import (
     ChatMessage,
     CompletionRequest,
@@ -54,12 +61,18 @@ def fit_context(messages: Sequence[ChatMessage], budget_tokens: int) -> list[Cha
 
 class TurnRunner:
     def __init__(
-        self, db: Database, broker: Broker, registry: ModelRegistry, settings: Settings
+        self,
+        db: Database,
+        broker: Broker,
+        registry: ModelRegistry,
+        settings: Settings,
+        limits: LimitService,
     ) -> None:
         self.db = db
         self.broker = broker
         self.registry = registry
         self.settings = settings
+        self.limits = limits
 
     async def run(self, job: Job) -> None:
         turn_id = str(job.payload["turn_id"])
@@ -68,6 +81,13 @@ class TurnRunner:
             await self._run(turn_id, job)
         finally:
             structlog.contextvars.unbind_contextvars("turn_id")
+
+    async def _settle(self, turn: Turn, payload: Mapping[str, Any], cost: float | None) -> None:
+        """Settle the turn's budget reservation once the outcome is stored (only the run that
+        stored it gets a cost; a second run of the same turn finds nothing to settle)."""
+        keys = payload.get("budget_keys")
+        if cost is not None and isinstance(keys, list):
+            await self.limits.settle(turn.tenant_id, turn.id, [str(k) for k in keys], cost)
 
     async def _run(self, turn_id: str, job: Job) -> None:
         async with self.db.session() as session:
@@ -81,28 +101,32 @@ class TurnRunner:
             await session.commit()
             question = await session.get(Message, turn.user_message_id)
             history = await repo.history(turn.conversation_id, question.seq if question else 0)
+        turn_started(turn, restarted=restarted)
         if restarted:
             await self.broker.publish(turn_id, "turn.restarted", {"attempt": job.attempt})
         if await self.broker.cancel_requested(turn_id):
-            await self._finish_cancelled(turn, "")
+            await self._settle(turn, job.payload, await self._finish_cancelled(turn, ""))
             return
         await self.broker.publish(turn_id, "turn.started", {"model": turn.model})
         log.info("turn_started", model=turn.model, attempt=job.attempt, restarted=restarted)
 
         text: list[str] = []
+        cost: float | None = None
         try:
             finish = await self._generate(turn, job, history, text)
         except TurnCancelled:
-            await self._finish_cancelled(turn, "".join(text))
+            cost = await self._finish_cancelled(turn, "".join(text), history)
         except JobLost:
             log.warning("turn_claim_lost")  # another worker runs it now; store nothing
         except ProviderError as exc:
             log.warning("turn_provider_error", kind=exc.kind, detail=exc.detail)
-            await self._finish_failed(turn, exc.code, exc.detail)
+            provider_error(getattr(self.registry.get(turn.model), "kind", "unknown"), exc.kind)
+            cost = await self._finish_failed(turn, exc.code, exc.detail)
         except ChatplaneError as exc:
-            await self._finish_failed(turn, exc.code, exc.detail)
+            cost = await self._finish_failed(turn, exc.code, exc.detail)
         else:
-            await self._finish_completed(turn, "".join(text), finish.usage, history)
+            cost = await self._finish_completed(turn, "".join(text), finish.usage, history)
+        await self._settle(turn, job.payload, cost)
 
     async def _generate(
         self, turn: Turn, job: Job, history: Sequence[Message], text: list[str]
@@ -145,6 +169,7 @@ class TurnRunner:
             if isinstance(item, TextDelta):
                 if item.text:
                     await self._publish_delta(turn_id, item.text, text)
+                    turn_first_token()
             elif isinstance(item, Finish):
                 return item
         raise ProviderError("The provider stream ended without finishing", kind="protocol")
@@ -165,29 +190,33 @@ class TurnRunner:
             raise
         text.append(piece)
 
-    async def _finish_completed(
-        self, turn: Turn, text: str, usage: Usage | None, history: Sequence[Message]
-    ) -> None:
+    async def _usage(
+        self, turn: Turn, usage: Usage | None, history: Sequence[Message], text: str
+    ) -> tuple[Usage, UsageRecord]:
+        """The turn's usage (estimated when the provider reported none) and its record."""
         if usage is None:
             prompt = sum(estimate_tokens(m.content) for m in history)
             usage = Usage(prompt_tokens=prompt, completion_tokens=estimate_tokens(text))
         route = await self.registry.resolve(turn.model)
-        stored, message_id = await self._store(
-            turn,
-            status="completed",
-            text=text,
-            usage=UsageRecord(
-                id=new_id(),
-                tenant_id=turn.tenant_id,
-                user_id=turn.user_id,
-                turn_id=turn.id,
-                source="chat",
-                model=turn.model,
-                prompt_tokens=usage.prompt_tokens,
-                completion_tokens=usage.completion_tokens,
-                cost_usd=cost_usd(route, usage),
-            ),
+        return usage, UsageRecord(
+            id=new_id(),
+            tenant_id=turn.tenant_id,
+            user_id=turn.user_id,
+            api_key_id=turn.api_key_id,
+            turn_id=turn.id,
+            source="chat",
+            model=turn.model,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            cost_usd=cost_usd(route, usage),
         )
+
+    async def _finish_completed(
+        self, turn: Turn, text: str, usage: Usage | None, history: Sequence[Message]
+    ) -> float | None:
+        """Store the answer; its cost when this run stored it, else None."""
+        usage, record = await self._usage(turn, usage, history, text)
+        stored, message_id = await self._store(turn, status="completed", text=text, usage=record)
         payload = {
             "message_id": message_id,
             "usage": {
@@ -196,25 +225,41 @@ class TurnRunner:
                 "total_tokens": usage.total_tokens,
             },
         }
-        if stored:
-            await self._end(turn.id, "turn.completed", payload)
+        if not stored:
+            return None
+        await self._end(turn.id, "turn.completed", payload)
+        turn_ended(turn, "completed", record)
+        return record.cost_usd
 
-    async def _finish_cancelled(self, turn: Turn, text: str) -> None:
-        stored, message_id = await self._store(turn, status="cancelled", text=text)
-        if stored:
-            await self._end(turn.id, "turn.cancelled", {"message_id": message_id})
+    async def _finish_cancelled(
+        self, turn: Turn, text: str, history: Sequence[Message] = ()
+    ) -> float | None:
+        """A cancelled turn keeps its partial answer, and costs what was generated."""
+        record = (await self._usage(turn, None, history, text))[1] if text else None
+        stored, message_id = await self._store(turn, status="cancelled", text=text, usage=record)
+        if not stored:
+            return None
+        await self._end(turn.id, "turn.cancelled", {"message_id": message_id})
+        turn_ended(turn, "cancelled", record)
+        return record.cost_usd if record is not None else 0.0
 
-    async def _finish_failed(self, turn: Turn, code: str, detail: str) -> None:
+    async def _finish_failed(self, turn: Turn, code: str, detail: str) -> float | None:
         stored, _ = await self._store(turn, status="failed", text="", error=(code, detail))
-        if stored:
-            await self._end(turn.id, "turn.failed", {"error": {"code": code, "message": detail}})
+        if not stored:
+            return None
+        await self._end(turn.id, "turn.failed", {"error": {"code": code, "message": detail}})
+        turn_ended(turn, "failed", error_code=code)
+        return 0.0
 
-    async def fail_abandoned(self, turn_id: str, detail: str) -> None:
+    async def fail_abandoned(
+        self, turn_id: str, detail: str, payload: Mapping[str, Any] | None = None
+    ) -> None:
         """A turn whose job failed on every attempt ends `failed` instead of hanging."""
         async with self.db.session() as session:
             turn = await TurnRepository(session).turn(turn_id)
         if turn is not None:
-            await self._finish_failed(turn, "turn_abandoned", detail)
+            cost = await self._finish_failed(turn, "turn_abandoned", detail)
+            await self._settle(turn, payload or {}, cost)
 
     async def _store(
         self,

@@ -15,10 +15,15 @@ from chatplane.auth.principal import Principal
 from chatplane.broker.protocol import Broker
 from chatplane.chat.models import Conversation, Message, Turn
 from chatplane.chat.repository import ChatRepository, messages_of, next_seq
+from chatplane.chat.runner import fit_context
 from chatplane.db.base import new_id, utcnow
 from chatplane.db.engine import Database
 from chatplane.errors import BadRequest, ChatplaneError, NotFound, ServiceUnavailable
-from chatplane.providers.registry import ModelRegistry
+from chatplane.limits.service import Admission, LimitService
+from chatplane.providers.protocol import ChatMessage, Usage
+from chatplane.providers.registry import ModelRegistry, ModelRoute, cost_usd
+from chatplane.providers.tokens import estimate_prompt_tokens, prompt_tokens_bound
+from chatplane.settings import Settings
 
 log = structlog.get_logger("chatplane.chat")
 
@@ -56,10 +61,19 @@ def title_from(content: str) -> str:
 
 
 class ChatService:
-    def __init__(self, db: Database, broker: Broker, registry: ModelRegistry) -> None:
+    def __init__(
+        self,
+        db: Database,
+        broker: Broker,
+        registry: ModelRegistry,
+        limits: LimitService,
+        settings: Settings,
+    ) -> None:
         self.db = db
         self.broker = broker
         self.registry = registry
+        self.limits = limits
+        self.settings = settings
 
     async def _model(self, name: str | None) -> str:
         route = await self.registry.resolve(name or self.registry.default_model)
@@ -131,44 +145,92 @@ class ChatService:
         self, principal: Principal, conversation_id: str, *, content: str, model: str | None
     ) -> Turn:
         now = utcnow()
+        turn_id = new_id()
         async with self.db.session() as session:
             conversation = await _require(_repo(session, principal), conversation_id)
-            model_name = await self._model(model or conversation.model)
-            seq = await next_seq(session, conversation_id)
-            message = Message(
-                id=new_id(),
-                conversation_id=conversation_id,
-                tenant_id=principal.tenant_id,
-                seq=seq,
-                role="user",
-                content=content,
-                created_at=now,
+            route = await self.registry.resolve(model or conversation.model)
+            admission = await self._admit(
+                principal, session, conversation_id, content, route, turn_id
             )
-            turn = Turn(
-                id=new_id(),
-                conversation_id=conversation_id,
-                tenant_id=principal.tenant_id,
-                user_id=principal.user_id,
-                user_message_id=message.id,
-                model=model_name,
-                status="queued",
-                attempts=0,
-                created_at=now,
-            )
-            if seq == 1 and conversation.title == DEFAULT_TITLE:
-                conversation.title = title_from(content)
-            conversation.updated_at = now
-            session.add_all([message, turn])
-            await session.commit()
+            try:
+                seq = await next_seq(session, conversation_id)
+                message = Message(
+                    id=new_id(),
+                    conversation_id=conversation_id,
+                    tenant_id=principal.tenant_id,
+                    seq=seq,
+                    role="user",
+                    content=content,
+                    created_at=now,
+                )
+                turn = Turn(
+                    id=turn_id,
+                    conversation_id=conversation_id,
+                    tenant_id=principal.tenant_id,
+                    user_id=principal.user_id,
+                    api_key_id=principal.api_key_id,
+                    user_message_id=message.id,
+                    model=route.name,
+                    status="queued",
+                    attempts=0,
+                    created_at=now,
+                )
+                if seq == 1 and conversation.title == DEFAULT_TITLE:
+                    conversation.title = title_from(content)
+                conversation.updated_at = now
+                session.add_all([message, turn])
+                await session.commit()
+            except BaseException:
+                await admission.finish(0.0)
+                raise
+        payload: dict[str, object] = {"turn_id": turn.id}
+        if admission.reservation is not None:  # the worker settles it when the turn ends
+            payload["budget_keys"] = list(admission.reservation.keys)
         try:
             await self.broker.publish(turn.id, "turn.queued", {"turn_id": turn.id})
-            await self.broker.enqueue(TURN_JOB, {"turn_id": turn.id})
+            await self.broker.enqueue(TURN_JOB, payload)
         except ChatplaneError as exc:
+            await admission.finish(0.0)
             await self._withdraw(turn, exc)
             raise ServiceUnavailable(
                 "The message could not be queued; retry shortly", retry_after=2
             ) from exc
         return turn
+
+    async def _admit(
+        self,
+        principal: Principal,
+        session: AsyncSession,
+        conversation_id: str,
+        content: str,
+        route: ModelRoute,
+        turn_id: str,
+    ) -> Admission:
+        """Tokens per minute and a budget reservation for the turn (its requests were
+        counted when the call was authenticated). The worst case: every byte of the context
+        the runner will send, and every reply token it may ask for."""
+        tokens, worst = 0, 0.0
+        if await self.limits.meters(principal):
+            history = [
+                ChatMessage(role=m.role, content=m.content)  # type: ignore[arg-type]
+                for m in await messages_of(session, conversation_id)
+            ]
+            context = fit_context(
+                [*history, ChatMessage(role="user", content=content)],
+                self.settings.context_max_tokens,
+            )
+            max_out = self.settings.max_output_tokens
+            tokens = estimate_prompt_tokens(context) + max_out
+            worst = cost_usd(route, Usage(prompt_tokens_bound(context), max_out))
+        return await self.limits.admit(
+            principal,
+            lease_id=turn_id,
+            zone="chat",
+            tokens=tokens,
+            worst_cost_usd=worst,
+            count_request=False,
+            concurrent=False,
+        )
 
     async def _withdraw(self, turn: Turn, exc: ChatplaneError) -> None:
         """Take back a message whose turn could not be queued, so a retry does not

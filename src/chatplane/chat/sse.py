@@ -15,13 +15,14 @@ import orjson
 from starlette.requests import HTTPConnection
 from starlette.types import Receive, Scope, Send
 
-from chatplane.auth.deps import authenticate_request, require_scope
+from chatplane.auth.deps import authenticate_request, count_request, require_scope
 from chatplane.broker.protocol import Event
 from chatplane.chat.models import TERMINAL_STATES
 from chatplane.chat.schemas import turn_error
 from chatplane.container import Services
 from chatplane.errors import BadRequest, ChatplaneError
 from chatplane.http.problems import error_response
+from chatplane.observability.metrics import sse_stream_ended, sse_stream_started
 
 TERMINAL_EVENTS = frozenset({"turn.completed", "turn.failed", "turn.cancelled"})
 SSE_HEADERS = [
@@ -69,6 +70,7 @@ class TurnEvents:
                 ),
                 "chat",
             )
+            await count_request(services, principal, scope)
             turn = await services.chat.get_turn(principal, turn_id)
             after = _resume_after(connection)
             # Read before answering, so a bad id is a 400, not a broken stream.
@@ -122,6 +124,7 @@ class _Stream:
             me.cancel()
 
         watcher = asyncio.create_task(watch())
+        sse_stream_started()
         try:
             await self._send_events(send, first_wait_s)
         except asyncio.CancelledError:
@@ -131,6 +134,7 @@ class _Stream:
         except OSError:
             pass  # the connection broke while we were writing
         finally:
+            sse_stream_ended()
             watcher.cancel()
 
     async def _send_events(self, send: Send, first_wait_s: float | None) -> None:

@@ -15,6 +15,7 @@ from chatplane.broker.protocol import Broker, Job
 from chatplane.chat.runner import TurnRunner
 from chatplane.chat.service import TURN_JOB
 from chatplane.errors import ServiceUnavailable
+from chatplane.observability.metrics import turn_worker_done, turn_worker_took
 
 log = structlog.get_logger("chatplane.worker")
 
@@ -75,7 +76,9 @@ class TurnWorker:
             if dead.job.id not in self._seen_dead and dead.job.kind == TURN_JOB
         ]
         for dead in fresh:
-            await self.runner.fail_abandoned(str(dead.job.payload.get("turn_id")), dead.reason)
+            await self.runner.fail_abandoned(
+                str(dead.job.payload.get("turn_id")), dead.reason, dead.job.payload
+            )
             self._seen_dead[dead.job.id] = None
             if len(self._seen_dead) > SEEN_DEAD_LETTERS_MAX:
                 del self._seen_dead[next(iter(self._seen_dead))]
@@ -99,11 +102,13 @@ class TurnWorker:
                 continue
             task = asyncio.create_task(self._run(job), name=f"turn-{job.id}")
             self._running[task] = job
+            turn_worker_took()
             task.add_done_callback(self._done)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._running.pop(task, None)
         self._slots.release()
+        turn_worker_done()
 
     async def _run(self, job: Job) -> None:
         try:
@@ -114,7 +119,9 @@ class TurnWorker:
             log.exception("turn_run_crashed", job_id=job.id, attempt=job.attempt)
             if job.attempt >= self.max_attempts:
                 await self.runner.fail_abandoned(
-                    str(job.payload.get("turn_id")), f"The turn failed {job.attempt} times"
+                    str(job.payload.get("turn_id")),
+                    f"The turn failed {job.attempt} times",
+                    job.payload,
                 )
                 await self.broker.ack(job)
             else:

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from chatplane.errors import ServiceUnavailable
+from chatplane.observability.metrics import watch_pool
 from chatplane.settings import Settings
 
 
@@ -66,6 +67,7 @@ class Database:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self.sessions = async_sessionmaker(engine, expire_on_commit=False)
+        watch_pool(engine)
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:

@@ -11,19 +11,23 @@ from chatplane.auth.models import (
 )
 from chatplane.chat.models import Conversation, Message, Turn
 from chatplane.db.base import Base
+from chatplane.limits.models import Budget, TenantLimits
 from chatplane.providers.models import ModelEndpoint
-from chatplane.usage.models import UsageRecord
+from chatplane.usage.models import ModelPrice, UsageRecord
 
 __all__ = [
     "ApiKey",
     "AuditEvent",
     "Base",
+    "Budget",
     "Conversation",
     "Invitation",
     "Message",
     "ModelEndpoint",
+    "ModelPrice",
     "RefreshToken",
     "Tenant",
+    "TenantLimits",
     "Turn",
     "UsageRecord",
     "User",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import orjson
@@ -17,12 +18,14 @@ from fastapi import FastAPI
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
-from chatplane.auth.deps import bearer_token, require_scope
+from chatplane.auth.deps import bearer_token, count_request, require_scope
 from chatplane.auth.principal import Principal
 from chatplane.container import Services
+from chatplane.db.base import new_id
 from chatplane.errors import ChatplaneError, ProviderError, Unauthorized
 from chatplane.gateway.request import GatewayRequest, parse_request
 from chatplane.gateway.stream import (
+    CONTENT_KEY,
     DONE,
     TAIL_BYTES,
     ChunkWriter,
@@ -31,10 +34,16 @@ from chatplane.gateway.stream import (
     usage_from_tail,
 )
 from chatplane.http.problems import error_response
+from chatplane.limits.service import Admission, remember
+from chatplane.observability import metrics
 from chatplane.providers.openai import OpenAIProvider
 from chatplane.providers.protocol import Finish, StreamItem, TextDelta, Usage
 from chatplane.providers.registry import ModelRoute, cost_usd
-from chatplane.providers.tokens import estimate_prompt_tokens, estimate_tokens
+from chatplane.providers.tokens import (
+    estimate_prompt_tokens,
+    estimate_tokens,
+    prompt_tokens_bound,
+)
 
 log = structlog.get_logger("chatplane.gateway")
 
@@ -90,6 +99,23 @@ async def _abort_on_disconnect(receive: Receive, work: Awaitable[None]) -> None:
         await asyncio.gather(watcher, return_exceptions=True)
 
 
+async def _admit(
+    services: Services, principal: Principal, request: GatewayRequest, route: ModelRoute
+) -> Admission:
+    """Requests and tokens per minute, a concurrency slot, and a budget reservation of the
+    worst case: the prompt's token bound and every token the reply may have."""
+    max_out = request.max_tokens or services.settings.max_output_tokens
+    worst = cost_usd(route, Usage(prompt_tokens_bound(request.messages), max_out))
+    return await services.limits.admit(
+        principal,
+        lease_id=new_id(),
+        zone="gateway",
+        tokens=estimate_prompt_tokens(request.messages) + max_out,
+        worst_cost_usd=worst,
+        count_request=True,
+    )
+
+
 class ChatCompletions:
     """`POST /v1/chat/completions`."""
 
@@ -99,10 +125,14 @@ class ChatCompletions:
             principal = await _authenticate(services, scope)
             request = parse_request(await _read_body(receive))
             route = await services.registry.resolve(request.model)
+            admission = await _admit(services, principal, request, route)
         except ChatplaneError as exc:
             await _send_error(scope, receive, send, exc)
             return
-        call = _Call(services, principal, request, route, send)
+        remember(scope.setdefault("state", {}), admission.decision)
+        call = _Call(services, principal, request, route, send, admission)
+        if request.stream:
+            metrics.gateway_stream_started()
         runner: Callable[[], Awaitable[None]]
         if route.kind == "openai" and isinstance(route.provider, OpenAIProvider):
             runner = call.passthrough
@@ -111,8 +141,16 @@ class ChatCompletions:
         try:
             await _abort_on_disconnect(receive, runner())
         except ChatplaneError as exc:
+            if isinstance(exc, ProviderError):
+                metrics.provider_error(route.kind, exc.kind)
             if not call.started:
                 await _send_error(scope, receive, send, exc)
+        finally:
+            if request.stream:
+                metrics.gateway_stream_ended()
+            if not call.recorded and call.started:
+                call.record_partial()  # the client left mid-stream: what it was sent counts
+            await admission.finish(call.cost)
 
 
 class _Call:
@@ -123,17 +161,26 @@ class _Call:
         request: GatewayRequest,
         route: ModelRoute,
         send: Send,
+        admission: Admission,
     ) -> None:
         self.services = services
         self.principal = principal
         self.request = request
         self.route = route
         self._send = send
+        self.admission = admission
         self.started = False
+        self.recorded = False
+        self.cost = 0.0
+        self.sent_deltas = 0  # content events sent so far: the estimate if the client leaves
+        self._began = time.perf_counter()
+        self._ttft_s: float | None = None
 
     async def send(self, message: Message) -> None:
         if message["type"] == "http.response.start":
             self.started = True
+        elif self._ttft_s is None and message.get("body"):
+            self._ttft_s = time.perf_counter() - self._began
         await self._send(message)
 
     async def _start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
@@ -143,10 +190,16 @@ class _Call:
         await self.send({"type": "http.response.body", "body": body, "more_body": more})
 
     def _record(self, usage: Usage | None) -> None:
-        if usage is None:
+        if usage is None:  # the upstream reported none: estimate it
             usage = Usage(
-                prompt_tokens=estimate_prompt_tokens(self.request.messages), completion_tokens=0
+                prompt_tokens=estimate_prompt_tokens(self.request.messages),
+                completion_tokens=self.sent_deltas,
             )
+        self.recorded = True
+        self.cost = cost_usd(self.route, usage)
+        metrics.observe_gateway_call(
+            self.route.name, self.principal.tenant_id, usage, self.cost, self._ttft_s
+        )
         self.services.usage.record(
             tenant_id=self.principal.tenant_id,
             user_id=self.principal.user_id,
@@ -154,14 +207,23 @@ class _Call:
             model=self.route.name,
             prompt_tokens=usage.prompt_tokens,
             completion_tokens=usage.completion_tokens,
-            cost_usd=cost_usd(self.route, usage),
+            cost_usd=self.cost,
         )
+
+    def record_partial(self) -> None:
+        """Usage of a stream that ended early (the client left, the upstream failed): the
+        prompt, and about a token per content event sent (one token per event, give or
+        take)."""
+        self._record(None)
 
     # OpenAI-compatible upstreams: bytes through, usage from the last event.
 
     def _upstream_body(self) -> bytes:
         body = {k: v for k, v in self.request.body.items() if k != "chatplane"}
         body["model"] = self.route.upstream_model
+        if self.admission.reservation is not None and self.request.max_tokens is None:
+            # The reservation assumed this many reply tokens: hold the upstream to it.
+            body["max_tokens"] = self.services.settings.max_output_tokens
         if self.request.stream and not self.request.include_usage:
             # Needed for accounting; the SDKs skip the extra usage chunk.
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
@@ -182,6 +244,7 @@ class _Call:
             tail = b""
             async for chunk in response.content.iter_any():
                 await self._body(chunk, more=True)
+                self.sent_deltas += chunk.count(CONTENT_KEY)
                 tail = (tail + chunk)[-TAIL_BYTES:]
             await self._body(b"", more=False)
             self._record(usage_from_tail(tail))
@@ -207,6 +270,7 @@ class _Call:
                         await self._body(writer.role(), more=True)
                     text_len += len(item.text)
                     await self._body(writer.delta(item.text), more=True)
+                    self.sent_deltas += 1
                 elif isinstance(item, Finish):
                     finish = item
         except ProviderError as exc:
@@ -214,6 +278,7 @@ class _Call:
                 raise
             log.warning("gateway_stream_failed", kind=exc.kind, detail=exc.detail)
             await self._body(error_event(exc.code, exc.detail) + DONE, more=False)
+            self.record_partial()
             return
         if not self.started:
             await self._start(200, SSE_HEADERS)
@@ -253,7 +318,7 @@ class Models:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         services: Services = scope["app"].state.services
         try:
-            await _authenticate(services, scope)
+            await count_request(services, await _authenticate(services, scope), scope)
         except ChatplaneError as exc:
             await _send_error(scope, receive, send, exc)
             return

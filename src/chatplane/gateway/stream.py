@@ -13,6 +13,7 @@ from chatplane.providers.protocol import Usage
 
 DONE = b"data: [DONE]\n\n"
 USAGE_KEY = b'"usage":'
+CONTENT_KEY = b'"content":'
 TAIL_BYTES = 8192
 
 

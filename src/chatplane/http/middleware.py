@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from time import perf_counter
 
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -10,6 +11,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from chatplane.errors import PayloadTooLarge
 from chatplane.http.client import ClientResolver
 from chatplane.http.problems import error_response
+from chatplane.observability.metrics import HttpMetrics
 
 REQUEST_ID_HEADER = b"x-request-id"
 HSTS = (b"strict-transport-security", b"max-age=31536000; includeSubDomains")
@@ -31,12 +33,14 @@ class BodyTooLarge(Exception):
 class HttpMiddleware:
     """Gives every request an id (from `X-Request-ID` or new), echoes it, binds it to logs,
     takes the client address and scheme from trusted proxies, refuses bodies over the limit
-    with 413, and adds security headers (HSTS on https)."""
+    with 413, adds security headers (HSTS on https), and records the request's metrics
+    (counted and timed to the response's last byte, streams included)."""
 
     def __init__(self, app: ASGIApp, *, max_body_bytes: int, clients: ClientResolver) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.clients = clients
+        self.metrics = HttpMetrics()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
@@ -44,6 +48,7 @@ class HttpMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        began = perf_counter()
         self.clients.rewrite(scope)
         request_id = _request_id(scope)
         structlog.contextvars.clear_contextvars()
@@ -53,10 +58,12 @@ class HttpMiddleware:
         declared = _content_length(scope)
         if declared is not None and declared > self.max_body_bytes:
             await self._too_large(path, send, request_id)
+            self.metrics.observe(scope, 413, perf_counter() - began)
             return
 
         received = 0
         started = False
+        status = 500  # unless a response starts: the app raised
 
         async def limited_receive() -> Message:
             nonlocal received
@@ -71,9 +78,10 @@ class HttpMiddleware:
         https = scope.get("scheme") == "https"
 
         async def send_with_headers(message: Message) -> None:
-            nonlocal started
+            nonlocal started, status
             if message["type"] == "http.response.start":
                 started = True
+                status = message["status"]
                 headers = list(message.get("headers", []))
                 headers.append((REQUEST_ID_HEADER, request_id.encode()))
                 headers.extend(SECURITY_HEADERS)
@@ -88,7 +96,10 @@ class HttpMiddleware:
             await self.app(scope, limited_receive, send_with_headers)
         except BodyTooLarge:
             if not started:
+                status = 413
                 await self._too_large(path, send, request_id)
+        finally:
+            self.metrics.observe(scope, status, perf_counter() - began)
 
     async def _too_large(self, path: str, send: Send, request_id: str) -> None:
         exc = PayloadTooLarge(f"The request body is over {self.max_body_bytes // 1024} KB")

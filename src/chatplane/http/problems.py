@@ -19,6 +19,7 @@ REQUEST_PARTS = frozenset({"body", "query", "path", "header", "cookie"})
 OPENAI_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
+    402: "insufficient_quota",
     403: "permission_error",
     404: "not_found_error",
     409: "invalid_request_error",
@@ -62,15 +63,19 @@ def problem_response(
 
 
 def error_response(path: str, exc: ChatplaneError) -> Response:
-    headers = {"Retry-After": str(exc.extra["retry_after"])} if "retry_after" in exc.extra else None
+    """The problem for `exc`. Its `retry_after` becomes `Retry-After`; `_headers` (a dict)
+    are sent as they are; other extras are fields of the body."""
+    headers: dict[str, str] = dict(exc.extra.get("_headers") or {})
+    if "retry_after" in exc.extra:
+        headers["Retry-After"] = str(exc.extra["retry_after"])
     return problem_response(
         path,
         status=exc.status,
         code=exc.code,
         title=exc.title,
         detail=exc.detail,
-        extra={k: v for k, v in exc.extra.items() if k != "retry_after"},
-        headers=headers,
+        extra={k: v for k, v in exc.extra.items() if k != "retry_after" and k[0] != "_"},
+        headers=headers or None,
     )
 
 

@@ -1,6 +1,7 @@
 """Models an operator adds at run time: stored in the database with the upstream key
 encrypted, loaded into the registry at start, after each change, and periodically (so every
-process picks up a change made on another)."""
+process picks up a change made on another). Operators' model prices (`ModelPrice`, set in
+`chatplane.usage.prices`) ride the same load."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from chatplane.errors import Conflict, NotFound, ServiceUnavailable, ValidationF
 from chatplane.providers.config import DEFAULT_BASE_URLS, ModelConfig
 from chatplane.providers.models import ModelEndpoint
 from chatplane.providers.registry import ModelRegistry
+from chatplane.usage.models import ModelPrice
 
 log = structlog.get_logger("chatplane.models")
 
@@ -51,7 +53,11 @@ class ModelEndpointService:
     async def load(self) -> None:
         async with self.db.session() as session:
             rows = (await session.scalars(select(ModelEndpoint))).all()
+            prices = (await session.scalars(select(ModelPrice))).all()
         self.registry.set_dynamic([self._config(row) for row in rows])
+        self.registry.set_price_overrides(
+            {p.model: (p.input_usd_per_mtok, p.output_usd_per_mtok) for p in prices}
+        )
 
     def start_refresh(self) -> None:
         if self._task is None:

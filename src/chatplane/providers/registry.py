@@ -10,6 +10,7 @@ import random
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 import aiohttp
 import structlog
@@ -33,6 +34,10 @@ log = structlog.get_logger(__name__)
 REDISCOVERY_INTERVAL_S = 30.0
 MOCK_OWNER = "chatplane"
 
+# Where a model's price comes from, weakest first: unpriced, the model's own entry (the
+# config file, or a model added at run time), CHATPLANE_MODEL_PRICES, an operator's price.
+PriceSource = Literal["default", "config", "endpoint", "settings", "admin"]
+
 
 @dataclass(frozen=True, slots=True)
 class ModelRoute:
@@ -43,6 +48,23 @@ class ModelRoute:
     owned_by: str
     input_usd_per_mtok: float = 0.0
     output_usd_per_mtok: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    input_usd_per_mtok: float
+    output_usd_per_mtok: float
+    source: PriceSource
+
+
+@dataclass(frozen=True, slots=True)
+class ModelPricing:
+    """What a model costs now, and what it would cost without the operator's price."""
+
+    model: str
+    kind: ProviderKind
+    effective: Price
+    underlying: Price
 
 
 def cost_usd(route: ModelRoute, usage: Usage | None) -> float:
@@ -106,14 +128,17 @@ class ModelRegistry:
     ) -> None:
         self._default_model = default_model
         self._prices = dict(prices or {})
+        self._overrides: dict[str, tuple[float, float]] = {}
         self._discovery = discovery
         self._factory = factory
+        # The routes as built, with their own prices; `_routes` holds them priced (what
+        # callers get), rebuilt whenever a price source changes.
+        self._built: dict[str, ModelRoute] = {route.name: route for route in routes}
         self._routes: dict[str, ModelRoute] = {}
         # Models added at run time (stored in the database), and what they shadow.
         self._dynamic: set[str] = set()
         self._shadowed: dict[str, ModelRoute] = {}
-        for route in routes:
-            self._routes[route.name] = self._priced(route)
+        self._reprice()
 
     @property
     def default_model(self) -> str:
@@ -144,14 +169,32 @@ class ModelRegistry:
         if self._factory is None:
             raise RuntimeError("this registry was built without a provider factory")
         for name in self._dynamic:
-            self._routes.pop(name, None)
-        self._routes.update(self._shadowed)
+            self._built.pop(name, None)
+        self._built.update(self._shadowed)
         self._dynamic, self._shadowed = set(), {}
         for config in configs:
-            if config.name in self._routes:
-                self._shadowed[config.name] = self._routes[config.name]
-            self._routes[config.name] = self._priced(self._factory.route(config))
+            if config.name in self._built:
+                self._shadowed[config.name] = self._built[config.name]
+            self._built[config.name] = self._factory.route(config)
             self._dynamic.add(config.name)
+        self._reprice()
+
+    def set_price_overrides(self, prices: Mapping[str, tuple[float, float]]) -> None:
+        """Replace the operators' prices (USD per million tokens): they win over every other
+        source. A model not known (yet) keeps its price until it is."""
+        prices = dict(prices)
+        if prices != self._overrides:
+            self._overrides = prices
+            self._reprice()
+
+    def pricing(self, name: str) -> ModelPricing | None:
+        route = self._built.get(name)
+        if route is None:
+            return None
+        underlying = self._underlying_price(route)
+        override = self._overrides.get(name)
+        effective = underlying if override is None else Price(*override, source="admin")
+        return ModelPricing(name, route.kind, effective, underlying)
 
     async def discover(self, *, force: bool = False) -> int:
         """Add the shortcut upstream's models not known yet; returns how many were added."""
@@ -160,28 +203,44 @@ class ModelRegistry:
         names = await self._discovery.discover(force=force)
         added = 0
         for name in names or ():
-            if name not in self._routes:  # the config file and the mock models win
-                self._routes[name] = self._priced(
-                    ModelRoute(
-                        name=name,
-                        provider=self._discovery.provider,
-                        upstream_model=name,
-                        kind="openai",
-                        owned_by="openai",
-                    )
+            if name not in self._built:  # the config file and the mock models win
+                route = ModelRoute(
+                    name=name,
+                    provider=self._discovery.provider,
+                    upstream_model=name,
+                    kind="openai",
+                    owned_by="openai",
                 )
+                self._built[name] = route
+                self._routes[name] = self._priced(route)
                 added += 1
         return added
 
     async def close(self) -> None:
-        providers: dict[int, Provider] = {id(r.provider): r.provider for r in self._routes.values()}
+        routes = [*self._built.values(), *self._shadowed.values()]
+        providers: dict[int, Provider] = {id(r.provider): r.provider for r in routes}
         if self._discovery is not None:
             providers[id(self._discovery.provider)] = self._discovery.provider
         for provider in providers.values():
             await provider.close()
 
+    def _reprice(self) -> None:
+        # A new dict, swapped in at once: a reader never sees a half-repriced registry.
+        self._routes = {name: self._priced(route) for name, route in self._built.items()}
+
+    def _underlying_price(self, route: ModelRoute) -> Price:
+        settings = self._prices.get(route.name)
+        if settings is not None:
+            return Price(settings[0], settings[1], source="settings")
+        own = (route.input_usd_per_mtok, route.output_usd_per_mtok)
+        if route.name in self._dynamic:
+            return Price(*own, source="endpoint")
+        if own != (0.0, 0.0):
+            return Price(*own, source="config")
+        return Price(0.0, 0.0, source="default")
+
     def _priced(self, route: ModelRoute) -> ModelRoute:
-        price = self._prices.get(route.name)
+        price = self._overrides.get(route.name) or self._prices.get(route.name)
         if price is None:
             return route
         return dataclasses.replace(route, input_usd_per_mtok=price[0], output_usd_per_mtok=price[1])

@@ -30,3 +30,16 @@ def estimate_prompt_tokens(messages: Iterable[ChatMessage]) -> int:
 def truncate_to_tokens(text: str, max_tokens: int) -> str:
     """The longest prefix whose estimate is at most `max_tokens`."""
     return text[: max(0, max_tokens) * CHARS_PER_TOKEN]
+
+
+# At most this many template tokens around each message, and to prime the reply.
+MESSAGE_OVERHEAD_BOUND = 8
+REPLY_PRIMING_BOUND = 3
+
+
+def prompt_tokens_bound(messages: Iterable[ChatMessage]) -> int:
+    """An upper bound of the prompt's tokens for any byte-level tokenizer (each token covers
+    at least one byte of UTF-8): what a budget reserves, so the actual cost cannot exceed it."""
+    return REPLY_PRIMING_BOUND + sum(
+        len(m.content.encode()) + MESSAGE_OVERHEAD_BOUND for m in messages
+    )

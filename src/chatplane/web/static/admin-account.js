@@ -2,6 +2,7 @@
 
 import { accountApi } from "./admin-api.js";
 import { keyTable, revokeKey } from "./admin-keys.js";
+import { myUsageCard } from "./admin-usage.js";
 import {
   ROLE_TONES,
   badge,
@@ -101,6 +102,7 @@ export const accountPage = {
         ),
         keys,
       ),
+      myUsageCard(),
     );
     loadKeys();
     loadSessions();

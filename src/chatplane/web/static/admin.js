@@ -6,8 +6,11 @@ import { accountPage } from "./admin-account.js";
 import { auditPage } from "./admin-audit.js";
 import { invitationsPage } from "./admin-invitations.js";
 import { keysPage } from "./admin-keys.js";
+import { limitsPage } from "./admin-limits.js";
 import { modelsPage, tenantsPage } from "./admin-platform.js";
+import { pricesPage } from "./admin-prices.js";
 import { aicon } from "./admin-ui.js";
+import { usagePage } from "./admin-usage.js";
 import { usersPage } from "./admin-users.js";
 import { $, el, toastError } from "./ui.js";
 
@@ -17,8 +20,11 @@ const PAGES = {
   invitations: invitationsPage,
   keys: keysPage,
   audit: auditPage,
+  usage: usagePage,
+  limits: limitsPage,
   tenants: tenantsPage,
   models: modelsPage,
+  prices: pricesPage,
   account: accountPage,
 };
 

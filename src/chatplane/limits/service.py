@@ -1,0 +1,601 @@
+"""Which limits apply to a request, and admitting it: rate limits, concurrency slots, budgets.
+
+The numbers come from the settings (defaults), the tenant's overrides and the API key's own
+limits; budgets from the `budgets` table. They are read per tenant into a snapshot cached for
+a few seconds, so a request costs no database query. The counting happens in the limit stores
+(`chatplane.limits.protocol`): in-process, or Redis (exact across replicas)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from sqlalchemy import func, select
+
+from chatplane.auth.models import ApiKey
+from chatplane.auth.principal import Principal
+from chatplane.cache import TTLCache
+from chatplane.db.engine import Database
+from chatplane.errors import (
+    BudgetExceeded,
+    ServiceUnavailable,
+    TooManyRequests,
+)
+from chatplane.limits.models import Budget, TenantLimits
+from chatplane.limits.protocol import (
+    BudgetLedger,
+    BudgetRule,
+    RateDecision,
+    RateLimiter,
+    RateRule,
+    SlotLimiter,
+    SlotRule,
+    from_nano,
+    to_nano,
+)
+from chatplane.observability import metrics
+from chatplane.settings import Settings
+from chatplane.usage.models import UsageRecord
+
+log = structlog.get_logger("chatplane.limits")
+
+POLICY_TTL_S = 5.0
+MINUTE_S = 60.0
+ZONES = ("auth", "chat", "gateway", "upload", "admin")
+LIMIT_FIELDS = (
+    "rpm",
+    "tpm",
+    "max_concurrent",
+    "user_rpm",
+    "user_tpm",
+    "user_max_concurrent",
+    "key_rpm",
+    "key_tpm",
+    "key_max_concurrent",
+)
+# Where the state of the request's limits is kept for the headers (see LimitMiddleware).
+STATE_KEY = "chatplane.ratelimit"
+
+
+def zone_of(path: str, method: str) -> str | None:
+    """The rate-limit zone of a route, like the zones of the nginx configuration."""
+    if path.startswith("/v1/"):
+        return "gateway"
+    if not path.startswith("/api/"):
+        return None
+    if path.startswith(("/api/auth/", "/api/invitations/")):
+        return "auth"
+    if path.startswith(("/api/admin/", "/api/ops/")):
+        return "admin"
+    if path.startswith("/api/kb/") and method == "POST" and path.endswith("/documents"):
+        return "upload"
+    return "chat"
+
+
+@dataclass(frozen=True, slots=True)
+class EffectiveLimits:
+    """The numbers for one principal (0: unlimited)."""
+
+    key_rpm: int
+    key_tpm: int
+    key_max_concurrent: int
+    user_rpm: int
+    user_tpm: int
+    user_max_concurrent: int
+    tenant_rpm: int
+    tenant_tpm: int
+    tenant_max_concurrent: int
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetLimit:
+    period: str  # day | month | lifetime
+    limit_usd: float
+
+
+@dataclass(frozen=True, slots=True)
+class TenantPolicy:
+    overrides: dict[str, int | None]
+    keys: dict[str, tuple[int | None, int | None, int | None]]  # key id -> rpm, tpm, conc.
+    budgets: dict[tuple[str, str], tuple[BudgetLimit, ...]]  # (scope, subject id) -> limits
+
+
+@dataclass(slots=True)
+class Reservation:
+    """A budget hold: settled by whoever finishes the request (maybe another process)."""
+
+    tenant_id: str
+    reservation_id: str
+    keys: tuple[str, ...]
+    amount_nano: int
+
+
+@dataclass(slots=True)
+class Admission:
+    """What admitting a request took: released (and settled) exactly once when it ends."""
+
+    limits: LimitService
+    tenant_id: str
+    lease_id: str
+    decision: RateDecision | None = None
+    slots: bool = False
+    reservation: Reservation | None = None
+    _done: bool = field(default=False, repr=False)
+
+    async def finish(self, actual_cost_usd: float) -> None:
+        if self._done:
+            return
+        self._done = True
+        await self.limits.finish(
+            self.tenant_id,
+            self.lease_id,
+            slots=self.slots,
+            reservation=self.reservation,
+            actual_cost_usd=actual_cost_usd,
+        )
+
+
+def period_of(period: str, now: datetime) -> tuple[str, datetime | None, int | None]:
+    """A budget period's tag, its start, and how long its counter is worth keeping."""
+    if period == "day":
+        start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        return f"day:{start:%Y-%m-%d}", start, 2 * 86400
+    if period == "month":
+        start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        return f"month:{start:%Y-%m}", start, 33 * 86400
+    return "lifetime", None, None
+
+
+def rate_headers_text(decision: RateDecision) -> list[tuple[str, str]]:
+    """`RateLimit-Limit`, `-Remaining` and `-Reset` (seconds until the quota is full)."""
+    return [
+        ("RateLimit-Limit", str(decision.rule.limit)),
+        ("RateLimit-Remaining", str(max(0, decision.remaining))),
+        ("RateLimit-Reset", str(math.ceil(decision.reset_s))),
+    ]
+
+
+def rate_headers(decision: RateDecision) -> list[tuple[bytes, bytes]]:
+    return [(k.lower().encode(), v.encode()) for k, v in rate_headers_text(decision)]
+
+
+def tightest(decisions: Sequence[RateDecision]) -> RateDecision | None:
+    """The decision the headers describe: the refusal, else the rule nearest its limit."""
+    if not decisions:
+        return None
+    refused = [d for d in decisions if not d.allowed]
+    if refused:
+        return max(refused, key=lambda d: d.retry_after_s)
+    return min(decisions, key=lambda d: (d.remaining / max(1, d.rule.limit), d.remaining))
+
+
+def remember(state: dict[str, object], decision: RateDecision | None) -> None:
+    """Keep the tighter of what the request's checks decided, for the headers."""
+    if decision is None:
+        return
+    current = state.get(STATE_KEY)
+    if isinstance(current, RateDecision):
+        chosen = tightest([current, decision])
+        if chosen is not None:
+            decision = chosen
+    state[STATE_KEY] = decision
+
+
+class LimitService:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        *,
+        rates: RateLimiter,
+        slots: SlotLimiter,
+        budgets: BudgetLedger,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.rates = rates
+        self.slots = slots
+        self.budgets = budgets
+        self._policies: TTLCache[str, TenantPolicy] = TTLCache(ttl_s=POLICY_TTL_S)
+        self._loading: dict[str, asyncio.Future[TenantPolicy]] = {}
+        self._now = now
+        self._fail_open = frozenset(settings.limits_fail_open_zones)
+
+    # Policies ------------------------------------------------------------------------------
+
+    async def policy(self, tenant_id: str) -> TenantPolicy:
+        cached = self._policies.get(tenant_id)
+        if cached is not None:
+            return cached
+        loading = self._loading.get(tenant_id)
+        if loading is not None:  # one query per tenant at a time, however many requests
+            return await asyncio.shield(loading)
+        future: asyncio.Future[TenantPolicy] = asyncio.get_running_loop().create_future()
+        self._loading[tenant_id] = future
+        try:
+            policy = await self._load(tenant_id)
+            self._policies.put(tenant_id, policy)
+            future.set_result(policy)
+            return policy
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters re-raise it, nobody logs it as lost
+            raise
+        finally:
+            del self._loading[tenant_id]
+
+    def forget(self, tenant_id: str) -> None:
+        """Drop the cached snapshot after a change made in this process."""
+        self._policies.pop(tenant_id)
+
+    async def _load(self, tenant_id: str) -> TenantPolicy:
+        async with self.db.session() as session:
+            row = await session.get(TenantLimits, tenant_id)
+            keys = (
+                await session.execute(
+                    select(ApiKey.id, ApiKey.rpm, ApiKey.tpm, ApiKey.max_concurrent).where(
+                        ApiKey.tenant_id == tenant_id,
+                        (ApiKey.rpm.is_not(None))
+                        | (ApiKey.tpm.is_not(None))
+                        | (ApiKey.max_concurrent.is_not(None)),
+                    )
+                )
+            ).all()
+            budgets = (
+                await session.scalars(select(Budget).where(Budget.tenant_id == tenant_id))
+            ).all()
+        overrides = {name: getattr(row, name) if row else None for name in LIMIT_FIELDS}
+        grouped: dict[tuple[str, str], list[BudgetLimit]] = {}
+        for budget in budgets:
+            grouped.setdefault((budget.scope, budget.subject_id), []).append(
+                BudgetLimit(budget.period, float(budget.limit_usd))
+            )
+        return TenantPolicy(
+            overrides=overrides,
+            keys={key_id: (rpm, tpm, conc) for key_id, rpm, tpm, conc in keys},
+            budgets={subject: tuple(limits) for subject, limits in grouped.items()},
+        )
+
+    def defaults(self) -> dict[str, int]:
+        s = self.settings
+        return {
+            "rpm": s.rate_limit_tenant_rpm,
+            "tpm": s.rate_limit_tenant_tpm,
+            "max_concurrent": s.max_concurrent_tenant,
+            "user_rpm": s.rate_limit_user_rpm,
+            "user_tpm": s.rate_limit_user_tpm,
+            "user_max_concurrent": s.max_concurrent_user,
+            "key_rpm": s.rate_limit_key_rpm,
+            "key_tpm": s.rate_limit_key_tpm,
+            "key_max_concurrent": s.max_concurrent_key,
+        }
+
+    def effective(self, policy: TenantPolicy, api_key_id: str | None) -> EffectiveLimits:
+        defaults = self.defaults()
+
+        def pick(name: str) -> int:
+            value = policy.overrides.get(name)
+            return defaults[name] if value is None else value
+
+        own = policy.keys.get(api_key_id or "", (None, None, None))
+        return EffectiveLimits(
+            key_rpm=own[0] if own[0] is not None else pick("key_rpm"),
+            key_tpm=own[1] if own[1] is not None else pick("key_tpm"),
+            key_max_concurrent=own[2] if own[2] is not None else pick("key_max_concurrent"),
+            user_rpm=pick("user_rpm"),
+            user_tpm=pick("user_tpm"),
+            user_max_concurrent=pick("user_max_concurrent"),
+            tenant_rpm=pick("rpm"),
+            tenant_tpm=pick("tpm"),
+            tenant_max_concurrent=pick("max_concurrent"),
+        )
+
+    # Rate limits -----------------------------------------------------------------------------
+
+    def _rate_rules(
+        self, principal: Principal, limits: EffectiveLimits, *, requests: bool, tokens: int
+    ) -> list[RateRule]:
+        subjects = [("user", principal.user_id, limits.user_rpm, limits.user_tpm)]
+        if principal.api_key_id is not None:
+            subjects.insert(0, ("key", principal.api_key_id, limits.key_rpm, limits.key_tpm))
+        subjects.append(("tenant", principal.tenant_id, limits.tenant_rpm, limits.tenant_tpm))
+        rules: list[RateRule] = []
+        for scope, subject, rpm, tpm in subjects:
+            if requests and rpm > 0:
+                rules.append(RateRule(f"rpm:{scope}:{subject}", rpm, MINUTE_S, 1, f"{scope}_rpm"))
+            if tokens > 0 and tpm > 0:
+                rules.append(
+                    RateRule(f"tpm:{scope}:{subject}", tpm, MINUTE_S, tokens, f"{scope}_tpm")
+                )
+        return rules
+
+    async def check_ip(self, zone: str, ip: str) -> RateDecision | None:
+        """The per-address limit of a zone; raises TooManyRequests when over it."""
+        limit = self.settings.rate_limit_ip_zones.get(zone, self.settings.rate_limit_ip_rpm)
+        if limit <= 0:
+            return None
+        rule = RateRule(f"ip:{zone}:{ip}", limit, MINUTE_S, 1, "ip")
+        return await self._check("ip", [rule], zone)
+
+    async def check_requests(self, principal: Principal, zone: str) -> RateDecision | None:
+        """One more request by this principal (key, user and tenant requests/minute)."""
+        limits = self.effective(await self.policy(principal.tenant_id), principal.api_key_id)
+        rules = self._rate_rules(principal, limits, requests=True, tokens=0)
+        return await self._check(principal.tenant_id, rules, zone) if rules else None
+
+    async def _check(
+        self, partition: str, rules: Sequence[RateRule], zone: str
+    ) -> RateDecision | None:
+        try:
+            decisions = await self.rates.check(partition, rules)
+        except ServiceUnavailable:
+            self._store_down("rate", zone)
+            return None
+        decision = tightest(decisions)
+        if decision is not None and not decision.allowed:
+            _refused("rate", decision.rule.name)
+            retry = max(1, math.ceil(decision.retry_after_s))
+            what = "tokens" if decision.rule.name.endswith("tpm") else "requests"
+            raise TooManyRequests(
+                f"Too many {what} for this {_scope_word(decision.rule.name)}; retry in {retry} s",
+                code="rate_limited",
+                retry_after=retry,
+                limit=decision.rule.name,
+                _headers=dict(rate_headers_text(decision)),
+            )
+        return decision
+
+    def _store_down(self, kind: str, zone: str) -> None:
+        log.warning("limit_store_unreachable", kind=kind, zone=zone)
+        _count_store_error(kind)
+        if zone not in self._fail_open:
+            raise ServiceUnavailable(
+                "Limits cannot be checked right now; retry shortly",
+                code="limits_unavailable",
+                retry_after=2,
+            )
+
+    # Admission of model calls (gateway requests and native turns) ---------------------------
+
+    async def admit(
+        self,
+        principal: Principal,
+        *,
+        lease_id: str,
+        zone: str,
+        tokens: int,
+        worst_cost_usd: float,
+        count_request: bool,
+        concurrent: bool = True,
+    ) -> Admission:
+        """Rate (requests and tokens), a concurrency slot, and a budget reservation of the
+        worst-case cost, all or nothing. `Admission.finish(actual)` gives back the slot and
+        settles the reservation when the call ends, however it ends."""
+        policy = await self.policy(principal.tenant_id)
+        limits = self.effective(policy, principal.api_key_id)
+        admission = Admission(self, principal.tenant_id, lease_id)
+        rules = self._rate_rules(principal, limits, requests=count_request, tokens=tokens)
+        if rules:
+            admission.decision = await self._check(principal.tenant_id, rules, zone)
+        slot_rules = self._slot_rules(principal, limits) if concurrent else []
+        if slot_rules:
+            admission.slots = await self._acquire(principal.tenant_id, lease_id, slot_rules, zone)
+        try:
+            budget_rules = self._budget_rules(principal, policy)
+            if budget_rules:
+                admission.reservation = await self._reserve(
+                    principal.tenant_id, lease_id, budget_rules, to_nano(worst_cost_usd)
+                )
+        except BaseException:
+            await admission.finish(0.0)
+            raise
+        return admission
+
+    async def meters(self, principal: Principal) -> bool:
+        """Whether admitting a call of this principal needs its token count and worst-case
+        cost (a tokens/minute limit or a budget applies)."""
+        policy = await self.policy(principal.tenant_id)
+        limits = self.effective(policy, principal.api_key_id)
+        if limits.key_tpm or limits.user_tpm or limits.tenant_tpm:
+            return True
+        return bool(self._budget_rules(principal, policy))
+
+    def _slot_rules(self, principal: Principal, limits: EffectiveLimits) -> list[SlotRule]:
+        rules: list[SlotRule] = []
+        if principal.api_key_id is not None and limits.key_max_concurrent > 0:
+            key = f"conc:key:{principal.api_key_id}"
+            rules.append(SlotRule(key, limits.key_max_concurrent, "key_concurrency"))
+        if limits.user_max_concurrent > 0:
+            key = f"conc:user:{principal.user_id}"
+            rules.append(SlotRule(key, limits.user_max_concurrent, "user_concurrency"))
+        if limits.tenant_max_concurrent > 0:
+            key = f"conc:tenant:{principal.tenant_id}"
+            rules.append(SlotRule(key, limits.tenant_max_concurrent, "tenant_concurrency"))
+        return rules
+
+    async def _acquire(
+        self, tenant_id: str, lease_id: str, rules: Sequence[SlotRule], zone: str
+    ) -> bool:
+        try:
+            decision = await self.slots.acquire(tenant_id, lease_id, rules)
+        except ServiceUnavailable:
+            self._store_down("concurrency", zone)
+            return False
+        if not decision.allowed:
+            refused = decision.refused
+            name = refused.name if refused else "concurrency"
+            _refused("concurrency", name)
+            limit = refused.limit if refused else 0
+            raise TooManyRequests(
+                f"Too many requests at once for this {_scope_word(name)} "
+                f"(at most {limit}); retry when one ends",
+                code="too_many_concurrent",
+                retry_after=1,
+                limit=name,
+            )
+        return True
+
+    def _budget_rules(self, principal: Principal, policy: TenantPolicy) -> list[BudgetRule]:
+        subjects = [("tenant", principal.tenant_id), ("user", principal.user_id)]
+        if principal.api_key_id is not None:
+            subjects.append(("key", principal.api_key_id))
+        now = self._now()
+        rules: list[BudgetRule] = []
+        for scope, subject in subjects:
+            for budget in policy.budgets.get((scope, subject), ()):
+                tag, _, ttl = period_of(budget.period, now)
+                rules.append(
+                    BudgetRule(
+                        f"budget:{scope}:{subject}:{tag}",
+                        to_nano(budget.limit_usd),
+                        ttl,
+                        f"{scope}_{budget.period}",
+                    )
+                )
+        return rules
+
+    async def _reserve(
+        self, tenant_id: str, reservation_id: str, rules: Sequence[BudgetRule], amount: int
+    ) -> Reservation:
+        ttl = float(self.settings.budget_reservation_ttl_s)
+        try:
+            result = await self.budgets.reserve(tenant_id, reservation_id, amount, rules, ttl_s=ttl)
+            if result.unseeded:
+                for key in result.unseeded:
+                    rule = next(r for r in rules if r.key == key)
+                    spent = await self._spent(key)
+                    await self.budgets.seed(tenant_id, key, spent, ttl_s=rule.ttl_s)
+                result = await self.budgets.reserve(
+                    tenant_id, reservation_id, amount, rules, ttl_s=ttl
+                )
+        except ServiceUnavailable as exc:
+            log.warning("limit_store_unreachable", kind="budget")
+            _count_store_error("budget")
+            raise ServiceUnavailable(
+                "Budgets cannot be checked right now; retry shortly",
+                code="limits_unavailable",
+                retry_after=2,
+            ) from exc
+        if not result.ok:
+            refused = result.refused
+            name = refused.name if refused else "budget"
+            _refused("budget", name)
+            extra: dict[str, Any] = {"budget": name}
+            if refused is not None and result.state is not None:
+                extra["limit_usd"] = from_nano(refused.limit_nano)
+                extra["spent_usd"] = from_nano(result.state.spent_nano)
+            raise BudgetExceeded(
+                f"The {_budget_words(name)} budget does not cover this request "
+                f"(its worst case is {from_nano(amount):.6f} USD)",
+                **extra,
+            )
+        return Reservation(tenant_id, reservation_id, tuple(r.key for r in rules), amount)
+
+    async def budget_usage(self, tenant_id: str, key: str) -> tuple[int, int]:
+        """Spent and reserved nano-USD under a budget key now (from the usage records when
+        the store has no counter for it yet)."""
+        try:
+            state = await self.budgets.state(tenant_id, key)
+        except ServiceUnavailable:
+            state = None
+        if state is None:
+            return await self._spent(key), 0
+        return state.spent_nano, state.reserved_nano
+
+    async def _spent(self, key: str) -> int:
+        """What a budget's subject spent in the key's period, from the usage records."""
+        _, scope, subject, *period = key.split(":")
+        column = {
+            "tenant": UsageRecord.tenant_id,
+            "user": UsageRecord.user_id,
+            "key": UsageRecord.api_key_id,
+        }[scope]
+        query = select(func.coalesce(func.sum(UsageRecord.cost_usd), 0)).where(column == subject)
+        if period[0] != "lifetime":
+            start = _period_start(period[0], period[1])
+            query = query.where(UsageRecord.created_at >= start)
+        async with self.db.session() as session:
+            total = await session.scalar(query)
+        return to_nano(float(total or 0))
+
+    async def finish(
+        self,
+        tenant_id: str,
+        lease_id: str,
+        *,
+        slots: bool,
+        reservation: Reservation | None,
+        actual_cost_usd: float,
+    ) -> None:
+        """Give back the slot and settle the reservation. Never raises: a store that is
+        down now lets the lease and the reservation expire by themselves."""
+        if slots:
+            try:
+                await self.slots.release(tenant_id, lease_id)
+            except ServiceUnavailable:
+                _count_store_error("concurrency")
+                log.warning("slot_release_failed", lease_id=lease_id)
+        if reservation is not None:
+            await self.settle(
+                tenant_id, reservation.reservation_id, reservation.keys, actual_cost_usd
+            )
+
+    async def settle(
+        self, tenant_id: str, reservation_id: str, keys: Sequence[str], actual_cost_usd: float
+    ) -> None:
+        try:
+            await self.budgets.settle(tenant_id, reservation_id, to_nano(actual_cost_usd), keys)
+        except ServiceUnavailable:
+            _count_store_error("budget")
+            log.warning("budget_settle_failed", reservation_id=reservation_id)
+
+    async def close(self) -> None:
+        self._policies.clear()
+
+
+def _period_start(kind: str, value: str) -> datetime:
+    if kind == "day":
+        return datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=UTC)
+    return datetime.strptime(value + "-01", "%Y-%m-%d").replace(tzinfo=UTC)
+
+
+def _scope_word(name: str) -> str:
+    return {"ip": "address", "key": "API key", "user": "user", "tenant": "organisation"}.get(
+        name.split("_", 1)[0], "caller"
+    )
+
+
+def _budget_words(name: str) -> str:
+    scope, _, period = name.partition("_")
+    who = {"key": "API key's", "user": "user's", "tenant": "organisation's"}.get(scope, scope)
+    return f"{who} {period}" if period else who
+
+
+def _refused(kind: str, name: str) -> None:
+    metrics.limit_refused(kind, name.split("_", 1)[0])
+
+
+def _count_store_error(kind: str) -> None:
+    log.debug("limit_store_error", kind=kind)
+    metrics.redis_error("limits")
+
+
+__all__ = [
+    "STATE_KEY",
+    "ZONES",
+    "Admission",
+    "EffectiveLimits",
+    "LimitService",
+    "Reservation",
+    "TenantPolicy",
+    "period_of",
+    "rate_headers",
+    "remember",
+    "tightest",
+]

@@ -1,0 +1,415 @@
+"""Every Prometheus metric of chatplane, and the small helpers that record them.
+
+Names start with `chatplane_`; labels are bounded (route templates, model names from the
+registry, tenant ids, fixed vocabularies), never user ids, raw paths or turn ids.
+`docs/metrics.md` describes each metric.
+
+Helpers for code that records metrics (each costs about a microsecond):
+- `observe_gateway_call(model, tenant, usage, cost_usd, ttft_s)`: a finished `/v1` call:
+  tokens and cost by model and tenant, time to first token (None when not streamed).
+  `model` is the registry name the call resolved to, never the raw request string.
+- `gateway_stream_started()` / `gateway_stream_ended()`: an open `/v1` stream (call them in
+  a try/finally).
+- `provider_error(provider, kind)`: an upstream call failed (`ProviderError.kind`; provider
+  is the route's kind: openai, anthropic, mock).
+- `limit_refused(kind, scope)`: a request refused by a limit; kind in `LIMIT_KINDS` (rate,
+  concurrency, budget), scope in `LIMIT_SCOPES` (ip, user, key, tenant).
+- `login_failed(reason)`: credentials, disabled or locked.
+- `redis_error(component)`: a Redis call failed (broker, broker_reader, limits, cache...).
+- turns: `turn_started`, `turn_first_token`, `turn_ended` (the runner).
+
+Multi-process: when `PROMETHEUS_MULTIPROC_DIR` is set before this module is imported (as
+`chatplane serve --workers N` does), values live in files shared by the processes and any
+of them serves the sums; gauges say how processes combine (`livesum`, `livemax`). Without
+it, values live in this process. Live state (queue depth, oldest job age) is read from the
+broker when scraped (`exposition.render_metrics`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from sqlalchemy import event
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+    from sqlalchemy.pool import Pool
+
+
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+# prometheus-client chooses file-backed values when this is set at import; so do we.
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+MULTIPROC_DIR = os.environ.get(MULTIPROC_DIR_ENV) or None
+
+HTTP_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+LIMIT_KINDS = frozenset({"rate", "concurrency", "budget"})
+LIMIT_SCOPES = frozenset({"ip", "user", "key", "tenant"})
+LOGIN_FAILURE_REASONS = frozenset({"credentials", "disabled", "locked"})
+TURN_OUTCOMES = frozenset({"completed", "failed", "cancelled"})
+UNMATCHED = "unmatched"
+OTHER = "other"
+ABANDONED_CODE = "turn_abandoned"  # the runner's error code for a job given up on
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+_FIRST_TOKEN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120)
+_TURN_BUCKETS = (0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
+
+HTTP_REQUESTS = Counter(
+    "chatplane_http_requests",
+    "HTTP requests by route template, method and status.",
+    ["route", "method", "status"],
+)
+HTTP_REQUEST_DURATION = Histogram(
+    "chatplane_http_request_duration_seconds",
+    "HTTP request duration until the last byte of the response (streams included).",
+    ["route", "method"],
+    buckets=_LATENCY_BUCKETS,
+)
+TURN_FIRST_TOKEN = Histogram(
+    "chatplane_turn_first_token_seconds",
+    "Native turns: from the message being accepted (202) to the first token sent.",
+    ["model"],
+    buckets=_FIRST_TOKEN_BUCKETS,
+)
+TURN_DURATION = Histogram(
+    "chatplane_turn_duration_seconds",
+    "Native turns: from the message being accepted to the stored outcome.",
+    ["model", "outcome"],
+    buckets=_TURN_BUCKETS,
+)
+GATEWAY_FIRST_TOKEN = Histogram(
+    "chatplane_gateway_first_token_seconds",
+    "OpenAI-compatible streamed calls: from the request to the first token forwarded.",
+    ["model"],
+    buckets=_FIRST_TOKEN_BUCKETS,
+)
+TOKENS = Counter(
+    "chatplane_tokens",
+    "Tokens used by model, tenant id and direction (input, output); turns and /v1 calls.",
+    ["model", "tenant", "direction"],
+)
+COST_USD = Counter(
+    "chatplane_cost_usd",
+    "Cost in US dollars by model and tenant id, at the configured prices.",
+    ["model", "tenant"],
+)
+PROVIDER_ERRORS = Counter(
+    "chatplane_provider_errors",
+    "Failed upstream model calls by provider kind and error kind.",
+    ["provider", "kind"],
+)
+ACTIVE_STREAMS = Gauge(
+    "chatplane_active_streams",
+    "Open response streams: sse (turn events) and gateway (/v1 streamed calls).",
+    ["kind"],
+    multiprocess_mode="livesum",
+)
+RUNNING_TURNS = Gauge(
+    "chatplane_running_turns",
+    "Turns running in this process's turn worker.",
+    multiprocess_mode="livesum",
+)
+JOBS_RECLAIMED = Counter(
+    "chatplane_jobs_reclaimed",
+    "Turn jobs run again after their worker died or handed them back (turn.restarted).",
+)
+JOBS_DEAD_LETTERED = Counter(
+    "chatplane_jobs_dead_lettered",
+    "Turn jobs given up after every attempt; their turn ended failed (turn_abandoned).",
+)
+DB_POOL_IN_USE = Gauge(
+    "chatplane_db_pool_in_use",
+    "Database connections checked out of the pool.",
+    multiprocess_mode="livesum",
+)
+DB_POOL_SIZE = Gauge(
+    "chatplane_db_pool_size",
+    "Configured database pool size (without overflow).",
+    multiprocess_mode="livesum",
+)
+DB_POOL_OVERFLOW = Gauge(
+    "chatplane_db_pool_overflow",
+    "Database connections open beyond the pool size.",
+    multiprocess_mode="livesum",
+)
+DB_POOL_USAGE_RATIO = Gauge(
+    "chatplane_db_pool_usage_ratio",
+    "Connections in use over the most the pool may open (size + max overflow); the "
+    "highest of the processes.",
+    multiprocess_mode="livemax",
+)
+REDIS_ERRORS = Counter(
+    "chatplane_redis_errors",
+    "Failed Redis calls by component.",
+    ["component"],
+)
+LIMIT_REFUSALS = Counter(
+    "chatplane_limit_refusals",
+    "Requests refused by a limit: kind (rate, concurrency, budget) and scope (ip, user, "
+    "key, tenant).",
+    ["kind", "scope"],
+)
+LOGIN_FAILURES = Counter(
+    "chatplane_login_failures",
+    "Failed password logins by reason (credentials, disabled, locked).",
+    ["reason"],
+)
+
+# Read from the broker at scrape time: (name, help).
+QUEUE_DEPTH = ("chatplane_queue_depth", "Turn jobs waiting or running (not yet acknowledged).")
+QUEUE_OLDEST_JOB_AGE = (
+    "chatplane_queue_oldest_job_age_seconds",
+    "Age of the oldest turn job not yet handed to a worker (0 when none waits).",
+)
+SCRAPE_TIME_GAUGES = (QUEUE_DEPTH, QUEUE_OLDEST_JOB_AGE)
+
+_SSE_STREAMS = ACTIVE_STREAMS.labels("sse")
+_GATEWAY_STREAMS = ACTIVE_STREAMS.labels("gateway")
+
+
+def exported_metric_names() -> frozenset[str]:
+    """Every series name this module exports, with the `_total`, `_bucket`, `_sum`,
+    `_count` suffixes (for checking dashboards and alert rules)."""
+    names: set[str] = {name for name, _ in SCRAPE_TIME_GAUGES}
+    for value in globals().values():
+        if isinstance(value, Counter):
+            names.add(value._name + "_total")
+        elif isinstance(value, Histogram):
+            names.update(value._name + suffix for suffix in ("_bucket", "_sum", "_count"))
+        elif isinstance(value, Gauge):
+            names.add(value._name)
+    return frozenset(names)
+
+
+# HTTP (recorded by `HttpMiddleware`).
+
+
+class HttpMetrics:
+    """Records one request in about a microsecond: the label children are cached per
+    (route, method, status), and the route template comes from the scope after routing
+    (`scope["route"]` for FastAPI routes, the endpoint of plain Starlette routes)."""
+
+    def __init__(self) -> None:
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._endpoint_routes: dict[Any, str] | None = None
+
+    def observe(self, scope: Mapping[str, Any], status: int, seconds: float) -> None:
+        method: str = scope["method"]
+        if method not in HTTP_METHODS:
+            method = OTHER
+        key = (self.route(scope), method, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                HTTP_REQUESTS.labels(key[0], method, str(status)),
+                HTTP_REQUEST_DURATION.labels(key[0], method),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def route(self, scope: Mapping[str, Any]) -> str:
+        route = scope.get("route")
+        if route is not None:
+            path: str | None = getattr(route, "path", None)
+            if path is not None:
+                return path
+        endpoint = scope.get("endpoint")
+        if endpoint is None:
+            return UNMATCHED
+        if self._endpoint_routes is None:
+            self._endpoint_routes = _endpoint_routes(getattr(scope.get("app"), "routes", ()))
+        return self._endpoint_routes.get(endpoint, UNMATCHED)
+
+
+def _endpoint_routes(routes: Iterable[Any]) -> dict[Any, str]:
+    """Plain Starlette routes leave only their endpoint in the scope: map it back to the
+    route's template (a mount's app to `<mount>/{path}`)."""
+    found: dict[Any, str] = {}
+    for route in routes:
+        path = getattr(route, "path", None)
+        if path is None:
+            continue
+        endpoint = getattr(route, "endpoint", None)
+        if endpoint is not None:
+            found.setdefault(endpoint, path)
+        elif getattr(route, "app", None) is not None and hasattr(route, "routes"):
+            found.setdefault(route.app, path.rstrip("/") + "/{path}")
+    return found
+
+
+# Streams.
+
+
+def sse_stream_started() -> None:
+    _SSE_STREAMS.inc()
+
+
+def sse_stream_ended() -> None:
+    _SSE_STREAMS.dec()
+
+
+def gateway_stream_started() -> None:
+    _GATEWAY_STREAMS.inc()
+
+
+def gateway_stream_ended() -> None:
+    _GATEWAY_STREAMS.dec()
+
+
+# Turns (recorded by the runner and the turn worker).
+
+
+class TurnLike(Protocol):
+    @property
+    def model(self) -> str: ...
+    @property
+    def tenant_id(self) -> str: ...
+    @property
+    def created_at(self) -> datetime: ...
+
+
+class TokenCounts(Protocol):
+    @property
+    def prompt_tokens(self) -> int: ...
+    @property
+    def completion_tokens(self) -> int: ...
+
+
+class UsageLike(TokenCounts, Protocol):
+    @property
+    def cost_usd(self) -> float: ...
+
+
+@dataclass(slots=True)
+class _TurnClock:
+    model: str
+    accepted_at: datetime
+    first_token_seen: bool = False
+
+
+# Set by the runner for the turn it runs; the generation task inherits it.
+_turn_clock: ContextVar[_TurnClock | None] = ContextVar("chatplane_turn_clock", default=None)
+
+
+def turn_started(turn: TurnLike, *, restarted: bool) -> None:
+    """A run of a turn begins (a restarted one also counts as reclaimed)."""
+    if restarted:
+        JOBS_RECLAIMED.inc()
+    _turn_clock.set(_TurnClock(turn.model, turn.created_at))
+
+
+def turn_first_token() -> None:
+    """Text of the running turn was sent: the first call of a run records the time to
+    first token, later calls cost a context variable look-up."""
+    clock = _turn_clock.get()
+    if clock is None or clock.first_token_seen:
+        return
+    clock.first_token_seen = True
+    TURN_FIRST_TOKEN.labels(clock.model).observe(_seconds_since(clock.accepted_at))
+
+
+def turn_ended(
+    turn: TurnLike,
+    outcome: str,
+    usage: UsageLike | None = None,
+    *,
+    error_code: str | None = None,
+) -> None:
+    """The turn's outcome was stored (once per turn, whichever process stored it), with
+    its usage record when it has one."""
+    TURN_DURATION.labels(turn.model, outcome if outcome in TURN_OUTCOMES else OTHER).observe(
+        _seconds_since(turn.created_at)
+    )
+    if usage is not None:
+        _count_usage(turn.model, turn.tenant_id, usage, usage.cost_usd)
+    if error_code == ABANDONED_CODE:
+        JOBS_DEAD_LETTERED.inc()
+
+
+def turn_worker_took() -> None:
+    RUNNING_TURNS.inc()
+
+
+def turn_worker_done() -> None:
+    RUNNING_TURNS.dec()
+
+
+def _seconds_since(when: datetime) -> float:
+    if when.tzinfo is None:  # SQLite hands back naive UTC
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (datetime.now(UTC) - when).total_seconds())
+
+
+# The gateway, providers, limits, logins, Redis.
+
+
+def observe_gateway_call(
+    model: str, tenant: str, usage: TokenCounts | None, cost_usd: float, ttft_s: float | None
+) -> None:
+    if usage is not None:
+        _count_usage(model, tenant, usage, cost_usd)
+    if ttft_s is not None:
+        GATEWAY_FIRST_TOKEN.labels(model).observe(ttft_s)
+
+
+def _count_usage(model: str, tenant: str, usage: TokenCounts, cost_usd: float) -> None:
+    if usage.prompt_tokens:
+        TOKENS.labels(model, tenant, "input").inc(usage.prompt_tokens)
+    if usage.completion_tokens:
+        TOKENS.labels(model, tenant, "output").inc(usage.completion_tokens)
+    if cost_usd > 0:
+        COST_USD.labels(model, tenant).inc(cost_usd)
+
+
+def provider_error(provider: str, kind: str) -> None:
+    PROVIDER_ERRORS.labels(provider, kind).inc()
+
+
+def limit_refused(kind: str, scope: str) -> None:
+    LIMIT_REFUSALS.labels(
+        kind if kind in LIMIT_KINDS else OTHER, scope if scope in LIMIT_SCOPES else OTHER
+    ).inc()
+
+
+def login_failed(reason: str) -> None:
+    LOGIN_FAILURES.labels(reason if reason in LOGIN_FAILURE_REASONS else OTHER).inc()
+
+
+def redis_error(component: str) -> None:
+    REDIS_ERRORS.labels(component).inc()
+
+
+# The database pool: gauges kept current by pool events, so every process's files hold
+# its own pool and the sums are right without asking each process at scrape time.
+
+
+def watch_pool(engine: AsyncEngine) -> None:
+    pool = engine.sync_engine.pool
+    if not callable(getattr(pool, "size", None)):
+        return  # NullPool, StaticPool: nothing pooled to report
+    capacity = pool.size() + max(0, int(getattr(pool, "_max_overflow", 0)))  # type: ignore[attr-defined]
+
+    def checked_out(*_: object) -> None:
+        _set_pool_gauges(pool, capacity, 0)
+
+    def checked_in(*_: object) -> None:  # fired before the connection is back in the pool
+        _set_pool_gauges(pool, capacity, -1)
+
+    event.listen(pool, "checkout", checked_out)
+    event.listen(pool, "checkin", checked_in)
+    checked_out()
+
+
+def _set_pool_gauges(pool: Pool, capacity: int, pending: int) -> None:
+    in_use = max(0, pool.checkedout() + pending)  # type: ignore[attr-defined]
+    DB_POOL_IN_USE.set(in_use)
+    DB_POOL_SIZE.set(pool.size())  # type: ignore[attr-defined]
+    DB_POOL_OVERFLOW.set(max(0, pool.overflow()))  # type: ignore[attr-defined]
+    DB_POOL_USAGE_RATIO.set(in_use / capacity if capacity > 0 else 0.0)
