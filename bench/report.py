@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from bench.limits import LIMITS
 from bench.scenarios import (
     NATIVE,
     NATIVE_SCALED,
@@ -30,6 +31,9 @@ TARGET_CONCURRENCY = 32
 # One API process holds 5,000 open idle SSE streams, under 40 KB RSS each.
 TARGET_SSE_STREAMS = 5000
 TARGET_SSE_KIB_PER_STREAM = 40.0
+# What the limit checks (per address, rates, a slot, a budget reservation) may add to one
+# request, p99, with Redis on loopback.
+TARGET_LIMITS_P99_MS = 1.0
 # Cores of other work (or hypervisor steal) during a run above which it is called noisy.
 NOISY_CORES = 0.1
 
@@ -97,6 +101,8 @@ def targets(
     note = "; ".join(notes)
     if scenario == SSE_IDLE:
         return _sse_targets(result)
+    if scenario == LIMITS:
+        return _limits_targets(result)
     if scenario == NATIVE_SCALED:
         return []  # no target is stated for the scaled shape; idle RSS is per process
     checks = [
@@ -159,6 +165,17 @@ def _sse_targets(result: Mapping[str, Any]) -> list[dict[str, Any]]:
         },
         _target("kib_per_stream", TARGET_SSE_KIB_PER_STREAM, idle["kib_per_stream"], note),
     ]
+
+
+def _limits_targets(result: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """p99 of everything the limits do for one request (check_ip + admit + finish), on
+    Redis, one request at a time; n/a when Redis was not reachable."""
+    redis = result["limits"]["direct"].get("redis")
+    measured = redis["sequential"]["request_ms"]["p99"] if redis else None
+    note = "check_ip + admit + finish, sequential, Redis on loopback"
+    if redis is None:
+        note += f"; skipped: {result['limits']['redis_skipped']}"
+    return [_target("limits_request_p99_ms_redis", TARGET_LIMITS_P99_MS, measured, note)]
 
 
 def write_json(directory: Path, scenario: str, stamp: str, document: Mapping[str, Any]) -> Path:
@@ -254,6 +271,8 @@ def notes(results: Mapping[str, Mapping[str, Any]]) -> str:
             lines.append(f"{scenario}: CPU-ms per turn: {cpu}")
         if scenario == SSE_IDLE:
             lines.extend(_sse_lines(result))
+        if scenario == LIMITS:
+            lines.extend(limits_lines(result))
         measured = [(name, run["machine_cpu"]) for name, run in result["runs"].items()]
         if "sse_idle" in result:
             measured.append(("idle window", result["sse_idle"]["machine_cpu"]))
@@ -277,6 +296,65 @@ def notes(results: Mapping[str, Mapping[str, Any]]) -> str:
     if NATIVE in results and NATIVE_SCALED in results:
         lines.extend(shapes_lines(results[NATIVE], results[NATIVE_SCALED]))
     return "\n".join(lines)
+
+
+def limits_lines(result: Mapping[str, Any]) -> list[str]:
+    """The direct runs (ms per request and per store call, Redis round trips) and what
+    turning the limits on added end to end."""
+    limits = result["limits"]
+    lines = [
+        f"{'limits direct':>24} {'req/s':>8} {'p50':>7} {'p90':>7} {'p99':>7} {'max':>7} "
+        f"{'cpu/req':>8} {'trips':>6}"
+    ]
+    for store, phases in limits["direct"].items():
+        for phase in ("sequential", "concurrent"):
+            run = phases[phase]
+            ms = run["request_ms"]
+            label = f"{store} {phase} x{run['concurrency']}"
+            lines.append(
+                f"{label:>24} {_cell(run['requests_per_s']):>8} {ms['p50']:>7.3f} "
+                f"{ms['p90']:>7.3f} {ms['p99']:>7.3f} {ms['max']:>7.2f} "
+                f"{_cell(run['cpu_ms_per_request']):>8} "
+                f"{_cell(run['redis_round_trips_per_request']):>6}"
+            )
+            if run["errors"]:
+                lines.append(f"    errors: {run['error_kinds']}")
+            if _noisy(run["machine_cpu"]):
+                lines.append(
+                    f"    warning: other processes used {run['machine_cpu']['other_cores']} "
+                    "cores during this run; latencies are disturbed"
+                )
+    for store, phases in limits["direct"].items():
+        calls = phases["sequential"]["store_ms"]
+        parts = ", ".join(f"{name} {d['p50']:.3f}/{d['p99']:.3f}" for name, d in calls.items())
+        lines.append(f"limits {store} store calls p50/p99 ms (sequential): {parts}")
+        if "ping" in phases:
+            sequential, ping = phases["sequential"], phases["ping"]
+            per_request = {
+                name: round(n / max(1, sequential["requests"]), 2)
+                for name, n in sequential["redis_commands"].items()
+            }
+            lines.append(
+                f"limits {store}: Redis commands per request {per_request}; Redis runs each "
+                f"script in {_cell(sequential.get('redis_script_us_per_call'))} us; one PING "
+                f"on the same client p50 {ping['round_trip_ms']['p50']:.3f} / p99 "
+                f"{ping['round_trip_ms']['p99']:.3f} ms, {ping['cpu_ms_per_round_trip']} "
+                "client CPU-ms"
+            )
+    if limits["redis_skipped"]:
+        lines.append(f"limits: Redis runs skipped: {limits['redis_skipped']}")
+    for store, added in limits["end_to_end"].items():
+        lines.append(
+            f"limits {store} end to end, on minus off: total p50 {_signed(added['total_ms_p50'])} "
+            f"ms, p99 {_signed(added['total_ms_p99'])} ms; ttft p50 "
+            f"{_signed(added['ttft_ms_p50'])} ms, p99 {_signed(added['ttft_ms_p99'])} ms; "
+            f"server CPU {_signed(added['cpu_ms_per_request'])} ms/req"
+        )
+    return lines
+
+
+def _signed(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.3f}"
 
 
 def _noisy(machine: Mapping[str, Any]) -> bool:
@@ -348,6 +426,12 @@ def server_lines(
             idle = ", ".join(f"{k} {v}" for k, v in own["idle_rss_mb"].items())
             lines.append(
                 f"{name}: {own['shape']}; ready in {own['ready_s']:.2f} s; idle RSS MB: {idle}"
+            )
+        elif name == LIMITS:
+            lines.extend(
+                f"{name} {run}: chatplane pid {each['pid']}: ready in {each['ready_s']:.2f} s, "
+                f"idle RSS {each['idle_rss_mb']:.1f} MB"
+                for run, each in own["servers"].items()
             )
         else:
             lines.append(

@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 
 from bench.loadgen import LOOPBACK_HOST
 from bench.procs import ManagedProcess, child_env, free_port, run_command
-from bench.server import BENCH_EMAIL, BENCH_PASSWORD, READY_DEADLINE_S
+from bench.server import BENCH_EMAIL, BENCH_PASSWORD, LIMITS_OFF, READY_DEADLINE_S
 
 if TYPE_CHECKING:
     from bench.scenarios import BenchOptions
@@ -41,6 +41,11 @@ async def services_reachable(timeout_s: float = 2.0) -> str | None:
         await connection.close()
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
         return f"Postgres at {PG_ADMIN_DSN}: {exc}"
+    return await redis_reachable(timeout_s)
+
+
+async def redis_reachable(timeout_s: float = 2.0) -> str | None:
+    """None when the local Redis answers; else why not."""
     client = aioredis.Redis.from_url(REDIS_URL, socket_connect_timeout=timeout_s)
     try:
         await client.ping()
@@ -97,6 +102,7 @@ async def scaled_shape(workdir: Path, options: BenchOptions) -> AsyncIterator[Sc
             "CHATPLANE_MOCK_CHUNKS": str(options.chunks),
             "CHATPLANE_MOCK_TTFT_MS": str(options.ttft_ms),
             "CHATPLANE_MOCK_CHUNK_DELAY_MS": str(options.chunk_delay_ms),
+            **dict(LIMITS_OFF),
         }
     )
     cli = [sys.executable, "-m", "chatplane"]
@@ -169,6 +175,11 @@ async def _drop(database: str, prefix: str) -> None:
         await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
     finally:
         await admin.close()
+    await delete_redis_prefix(prefix)
+
+
+async def delete_redis_prefix(prefix: str) -> None:
+    """Delete every key under `prefix:` on the local Redis."""
     client = aioredis.Redis.from_url(REDIS_URL)
     try:
         keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]

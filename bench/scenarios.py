@@ -7,10 +7,13 @@
 - `native-scaled`: the same turn against the scaled shape (Postgres, Redis, two API
   processes, two workers; `bench/scaled.py`).
 - `sse-idle`: N idle SSE streams held by one embedded API process (`bench/sse_idle.py`).
+- `limits`: what the rate, concurrency and budget checks add per request, in-process and on
+  Redis: the limit service called directly, and `/v1` with the limits on vs off
+  (`bench/limits.py`).
 
 One embedded chatplane server (and the fake upstream, when the passthrough runs) serves
 `v1-mock`, `v1-passthrough` and `native`; CPU time is read per measured phase, so scenarios
-do not mix. `native-scaled` and `sse-idle` start (and stop) their own processes.
+do not mix. `native-scaled`, `sse-idle` and `limits` start (and stop) their own processes.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import aiohttp
 
 from bench.bare import start_bare
 from bench.clients import ChatCompletionStream, NativeTurn
+from bench.limits import LIMITS, measure_limits
 from bench.loadgen import RequestFn, Sample, client_session, run_load
 from bench.procs import ManagedProcess, SystemCpu, free_port, system_cpu
 from bench.profile import Profiler
@@ -47,7 +51,7 @@ SCENARIOS = (V1_MOCK, V1_PASSTHROUGH, NATIVE)
 EMBEDDED_SCENARIOS = SCENARIOS
 # Named groups of scenarios besides `all`.
 GROUPS: dict[str, tuple[str, ...]] = {"shapes": (NATIVE, NATIVE_SCALED)}
-ALL_SCENARIOS = (*SCENARIOS, NATIVE_SCALED, SSE_IDLE)
+ALL_SCENARIOS = (*SCENARIOS, NATIVE_SCALED, SSE_IDLE, LIMITS)
 MOCK_MODEL = "mock"
 FLOOR_RUN = "bare-asgi"
 KIB_PER_MB = 1024
@@ -354,6 +358,10 @@ async def run_sse_idle(env: BenchEnvironment, options: BenchOptions) -> dict[str
     return await measure_idle_streams(env.workdir / "sse-idle", options)
 
 
+async def run_limits(env: BenchEnvironment, options: BenchOptions) -> dict[str, Any]:
+    return await measure_limits(env.workdir / "limits", options, measure)
+
+
 ScenarioFn = Callable[[BenchEnvironment, BenchOptions], Awaitable[dict[str, Any]]]
 RUNNERS: dict[str, ScenarioFn] = {
     V1_MOCK: run_v1_mock,
@@ -361,4 +369,5 @@ RUNNERS: dict[str, ScenarioFn] = {
     NATIVE: run_native,
     NATIVE_SCALED: run_native_scaled,
     SSE_IDLE: run_sse_idle,
+    LIMITS: run_limits,
 }

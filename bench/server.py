@@ -1,5 +1,9 @@
 """The chatplane server under test: `python -m chatplane serve` in a fresh data dir on a
-free loopback port, with one user and one API key made by the CLI beforehand."""
+free loopback port, with one user and one API key made by the CLI beforehand.
+
+Every server starts with the rate, concurrency and per-address limits off (`LIMITS_OFF`):
+the defaults (600 requests per minute per key and per user, 1,200 per address) would refuse
+most of a run's load, and the `limits` scenario measures what the limits cost on their own."""
 
 from __future__ import annotations
 
@@ -16,6 +20,17 @@ BENCH_PASSWORD = "bench-password-1"
 READY_DEADLINE_S = 60.0
 # Let start-up work (the first usage flush, lazy imports) settle before reading idle RSS.
 IDLE_SETTLE_S = 1.0
+# Every rate, concurrency and per-address limit setting at 0 (unlimited); no zone overrides.
+LIMITS_OFF: tuple[tuple[str, str], ...] = (
+    *(
+        (f"CHATPLANE_RATE_LIMIT_{scope}_{unit}", "0")
+        for scope in ("KEY", "USER", "TENANT")
+        for unit in ("RPM", "TPM")
+    ),
+    *((f"CHATPLANE_MAX_CONCURRENT_{scope}", "0") for scope in ("KEY", "USER", "TENANT")),
+    ("CHATPLANE_RATE_LIMIT_IP_RPM", "0"),
+    ("CHATPLANE_RATE_LIMIT_IP_ZONES", "{}"),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,7 +39,8 @@ class ServerConfig:
     ttft_ms: float
     chunk_delay_ms: float
     openai_base_url: str | None = None
-    extra_env: tuple[tuple[str, str], ...] = ()  # more `CHATPLANE_*` settings
+    extra_env: tuple[tuple[str, str], ...] = ()  # more `CHATPLANE_*` settings (win over LIMITS_OFF)
+    key_budget_usd: float | None = None  # a lifetime budget on the bench's API key
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +63,9 @@ class ChatplaneServer:
             "CHATPLANE_MOCK_CHUNKS": str(config.chunks),
             "CHATPLANE_MOCK_TTFT_MS": str(config.ttft_ms),
             "CHATPLANE_MOCK_CHUNK_DELAY_MS": str(config.chunk_delay_ms),
+            **dict(LIMITS_OFF),
         }
+        self.key_budget_usd = config.key_budget_usd
         if config.openai_base_url:
             settings["CHATPLANE_OPENAI_BASE_URL"] = config.openai_base_url
         settings.update(config.extra_env)
@@ -70,8 +88,9 @@ class ChatplaneServer:
             cwd=self.workdir,
             stdin=BENCH_PASSWORD.encode() + b"\n",
         )
+        budget = [] if self.key_budget_usd is None else ["--budget-usd", str(self.key_budget_usd)]
         out = await run_command(
-            [*cli, "keys", "create", BENCH_EMAIL, "--name", "bench"],
+            [*cli, "keys", "create", BENCH_EMAIL, "--name", "bench", *budget],
             env=self.env,
             cwd=self.workdir,
         )

@@ -15,8 +15,9 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 from bench.clients import SseReader
+from bench.limits import STORE_CALLS
 from bench.run import run_bench
-from bench.scaled import PG_ADMIN_DSN, REDIS_URL, services_reachable
+from bench.scaled import PG_ADMIN_DSN, REDIS_URL, redis_reachable, services_reachable
 from bench.scenarios import SCENARIOS, BenchOptions
 from bench.stats import percentile
 
@@ -124,6 +125,59 @@ async def test_sse_idle_holds_streams(tmp_path: Path) -> None:
     }
     assert not _running(document["server"]["pid"])
     assert _written(tmp_path, "sse-idle")["scenario"] == "sse-idle"
+
+
+async def test_limits_runs_direct_and_end_to_end(tmp_path: Path) -> None:
+    missing = await redis_reachable()
+    if missing is not None and os.environ.get("CI"):
+        pytest.fail(f"the limits scenario's Redis half needs the local Redis: {missing}")
+    stores = ["memory"] if missing else ["memory", "redis"]
+    lines: list[str] = []
+
+    results = await run_bench(
+        "limits", TINY, results_dir=tmp_path, workdir=tmp_path / "work", echo=lines.append
+    )
+
+    document = results["limits"]
+    assert set(document) >= DOCUMENT_KEYS | {"limits", "targets"}
+    assert set(document["runs"]) == {
+        f"{store}-{limits}" for store in stores for limits in ("off", "on")
+    }
+    for run in document["runs"].values():
+        assert set(run) >= RUN_KEYS
+        assert run["errors"] == 0, run["error_kinds"]
+        assert run["requests_ok"] == TINY.requests
+        assert run["chunks_per_request"] == TINY.chunks
+    limits = document["limits"]
+    assert limits["redis_skipped"] == missing
+    assert set(limits["direct"]) == set(stores)
+    assert set(limits["end_to_end"]) == set(stores)
+    for store in stores:
+        for phase, concurrency in (("sequential", 1), ("concurrent", TINY.concurrency)):
+            run = limits["direct"][store][phase]
+            assert run["errors"] == 0, run["error_kinds"]
+            assert run["requests_ok"] == TINY.requests
+            assert run["concurrency"] == concurrency
+            assert set(run["request_ms"]) >= {"p50", "p90", "p99", "max"}
+            assert set(run["store_ms"]) >= set(STORE_CALLS)
+        assert {"total_ms_p50", "total_ms_p99", "cpu_ms_per_request"} <= set(
+            limits["end_to_end"][store]
+        )
+    [target] = document["targets"]
+    assert target["name"] == "limits_request_p99_ms_redis"
+    assert (target["measured"] is None) == (missing is not None)
+    assert "limits memory end to end" in "\n".join(lines)
+    assert _written(tmp_path, "limits")["scenario"] == "limits"
+    # Every server is stopped, and nothing is left under the Redis prefixes it used.
+    for server in document["server"]["servers"].values():
+        assert not _running(server["pid"])
+    if missing is None:
+        redis = limits["direct"]["redis"]
+        assert redis["sequential"]["redis_round_trips_per_request"] > 0
+        prefixes = [redis["redis_prefix"]]
+        prefixes += [s["redis_prefix"] for s in document["server"]["servers"].values()]
+        for prefix in filter(None, prefixes):
+            assert not await _redis_keys(prefix)
 
 
 def _running(pid: int) -> bool:
