@@ -29,6 +29,8 @@ from chatplane.http.openapi import install_openapi
 from chatplane.http.problems import install_error_handlers
 from chatplane.limits.middleware import LimitMiddleware
 from chatplane.observability.exposition import MetricsEndpoint, process_exiting
+from chatplane.ops.drain import Drain
+from chatplane.ops.router import router as ops_router
 from chatplane.providers.admin_router import router as models_admin_router
 from chatplane.settings import Settings
 from chatplane.usage.router import router as usage_router
@@ -49,9 +51,13 @@ def create_app(
         owned = services is None
         if owned:
             app.state.services = await build_services(settings, migrate_embedded=migrate_embedded)
+        # A server of its own (`serve`): SIGTERM drains before the server exits.
+        undo_sigterm = app.state.drain.install_sigterm() if owned else None
         try:
             yield
         finally:
+            if undo_sigterm is not None:
+                undo_sigterm()
             if owned:
                 await app.state.services.close()
 
@@ -62,7 +68,7 @@ def create_app(
         description="Self-hosted AI chat platform: native chat API and OpenAI-compatible gateway.",
     )
     app.state.settings = settings
-    app.state.draining = False
+    app.state.drain = Drain(deadline_s=settings.drain_timeout_s)
     if services is not None:
         app.state.services = services
     install_error_handlers(app)
@@ -83,10 +89,11 @@ def create_app(
                 checks[name] = "ok"
             except ChatplaneError as exc:
                 checks[name] = exc.detail
-        if app.state.draining:
+        draining = app.state.drain.draining
+        if draining:
             checks["draining"] = "yes"
         ready = all(value == "ok" for key, value in checks.items() if key != "draining")
-        ready = ready and not app.state.draining
+        ready = ready and not draining
         return JSONResponse(
             {"status": "ready" if ready else "unavailable", "checks": checks},
             status_code=200 if ready else 503,
@@ -101,6 +108,7 @@ def create_app(
     app.include_router(chat_router)
     app.include_router(models_admin_router)
     app.include_router(usage_router)
+    app.include_router(ops_router)
     app.router.routes.append(Route("/api/turns/{turn_id}/events", TurnEvents(), methods=["GET"]))
     app.router.routes.append(Route("/metrics", MetricsEndpoint(), methods=["GET"]))
     install_gateway(app)
@@ -130,6 +138,7 @@ def create_app(
         HttpMiddleware,
         max_body_bytes=settings.max_request_bytes,
         clients=ClientResolver(settings.trusted_proxies),
+        access_log=settings.access_log,
     )
     return app
 

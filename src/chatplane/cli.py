@@ -33,9 +33,11 @@ cli = typer.Typer(
 db_cli = typer.Typer(no_args_is_help=True, help="Database schema.")
 users_cli = typer.Typer(no_args_is_help=True, help="Users.")
 keys_cli = typer.Typer(no_args_is_help=True, help="API keys.")
+ops_cli = typer.Typer(no_args_is_help=True, help="Operate a running server (its /api/ops).")
 cli.add_typer(db_cli, name="db")
 cli.add_typer(users_cli, name="users")
 cli.add_typer(keys_cli, name="keys")
+cli.add_typer(ops_cli, name="ops")
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -86,6 +88,9 @@ async def _auth(settings: Settings) -> AsyncIterator[AuthService]:
         await db.close()
 
 
+GRACEFUL_SHUTDOWN_S = 3
+
+
 @cli.command()
 def serve(
     host: str | None = typer.Option(None, help="Bind address [CHATPLANE_HOST]"),
@@ -128,7 +133,9 @@ def serve(
         "access_log": False,
         "proxy_headers": False,  # trusted proxies are handled by chatplane's own middleware
         "log_config": None,
-        "timeout_graceful_shutdown": int(settings.drain_timeout_s) + 1,
+        # SIGTERM drains first (up to drain_timeout_s, see chatplane.ops.drain); what still
+        # runs after that is cut this many seconds after the server stops listening.
+        "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S,
     }
     if workers == 1:
         uvicorn.run(create_app(settings, migrate_embedded=False), **common)
@@ -288,6 +295,83 @@ def keys_create(
             return plaintext
 
     typer.echo(run(create()))
+
+
+OpsUrl = typer.Option(None, "--url", help="The server [http://CHATPLANE_HOST:CHATPLANE_PORT]")
+OpsToken = typer.Option(None, "--token", help="The ops token [CHATPLANE_OPS_TOKEN]")
+OpsJson = typer.Option(False, "--json", help="Print the server's JSON answer as it is")
+
+
+def _ops_call(url: str | None, token: str | None, method: str, path: str) -> Any:
+    """Call a running server's operations API; a clear message and exit 1 when it fails."""
+    from chatplane.ops.remote import OpsCallFailed, call_ops
+
+    settings = load_settings()
+    if url is None:
+        host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+        url = f"http://{f'[{host}]' if ':' in host else host}:{settings.port}"
+    if token is None and settings.ops_token is not None:
+        token = settings.ops_token.get_secret_value()
+    try:
+        return call_ops(url, token, method, path)
+    except OpsCallFailed as exc:
+        raise fail(str(exc)) from exc
+
+
+def _ops_show(answer: Any, as_json: bool, view: str) -> None:
+    """The answer as JSON, or as tables and lines (Rich, loaded only here)."""
+    if as_json:
+        import json
+
+        typer.echo(json.dumps(answer, indent=2))
+        return
+    from chatplane.ops import render
+
+    views = {
+        "status": render.print_status,
+        "drain": render.print_drain_state,
+        "dead-letters": render.print_dead_letters,
+    }
+    views[view](answer)
+
+
+@ops_cli.command("status")
+def ops_status(
+    url: str | None = OpsUrl, token: str | None = OpsToken, as_json: bool = OpsJson
+) -> None:
+    """The deployment at a glance: processes, queue, turns, database and Redis."""
+    _ops_show(_ops_call(url, token, "GET", "/api/ops/status"), as_json, "status")
+
+
+@ops_cli.command("drain")
+def ops_drain(
+    url: str | None = OpsUrl, token: str | None = OpsToken, as_json: bool = OpsJson
+) -> None:
+    """Drain the process that answers (behind a load balancer: the one it picks)."""
+    _ops_show(_ops_call(url, token, "POST", "/api/ops/drain"), as_json, "drain")
+
+
+@ops_cli.command("undrain")
+def ops_undrain(
+    url: str | None = OpsUrl, token: str | None = OpsToken, as_json: bool = OpsJson
+) -> None:
+    """Take the process that answers back into service."""
+    _ops_show(_ops_call(url, token, "POST", "/api/ops/undrain"), as_json, "drain")
+
+
+@ops_cli.command("dead-letters")
+def ops_dead_letters(
+    url: str | None = OpsUrl,
+    token: str | None = OpsToken,
+    as_json: bool = OpsJson,
+    limit: int = typer.Option(100, min=1, max=1000, help="At most this many, newest first"),
+) -> None:
+    """Jobs that failed on every attempt."""
+    _ops_show(
+        _ops_call(url, token, "GET", f"/api/ops/dead-letters?limit={limit}"),
+        as_json,
+        "dead-letters",
+    )
 
 
 @cli.command()

@@ -23,6 +23,7 @@ from chatplane.crypto import SecretBox, encryption_key
 from chatplane.db.engine import Database, create_engine
 from chatplane.limits import LimitStores, WindowCounter, create_limit_stores
 from chatplane.limits.service import LimitService
+from chatplane.ops.presence import Presence, ProcessKind, create_presence
 from chatplane.providers.endpoints import ModelEndpointService
 from chatplane.providers.http import create_upstream_session
 from chatplane.providers.registry import ModelRegistry, build_registry
@@ -51,10 +52,13 @@ class Services:
     oidc: OidcClient
     endpoints: ModelEndpointService
     worker: TurnWorker | None = None
+    presence: Presence | None = None
 
     async def close(self, *, drain_s: float = 5.0) -> None:
         if self.worker is not None:
             await self.worker.stop(deadline_s=drain_s)
+        if self.presence is not None:
+            await self.presence.stop()
         await self.endpoints.close()
         await self.usage.close()
         await self.registry.close()
@@ -66,7 +70,11 @@ class Services:
 
 
 async def build_services(
-    settings: Settings, *, run_turns: bool | None = None, migrate_embedded: bool = True
+    settings: Settings,
+    *,
+    run_turns: bool | None = None,
+    migrate_embedded: bool = True,
+    process_kind: ProcessKind = "api",
 ) -> Services:
     """Open every part. Turns run in this process in the embedded shape (no Redis).
 
@@ -124,6 +132,7 @@ async def build_services(
             max_attempts=settings.turn_max_attempts,
         )
         services.worker.start()
+    services.presence = create_presence(settings, process_kind, services.worker)
     # What start-up made lives as long as the process: keep it out of the collector, so
     # a full collection under load takes milliseconds instead of stalling every stream
     # for ~100 ms.

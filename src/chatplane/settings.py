@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     log_json: bool = False
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_content: bool = False
+    access_log: bool = True  # one line per request: method, route, status, duration
     sentry_dsn: str | None = None
 
     # Models and upstreams.
@@ -121,6 +122,12 @@ class Settings(BaseSettings):
 
     # `chatplane worker` serves GET /metrics on this port (on CHATPLANE_HOST); 0: off.
     worker_metrics_port: int = Field(default=0, ge=0, le=65535)
+
+    # The operations API (`/api/ops/*`, `chatplane ops`): superadmins, or this bearer token.
+    ops_token: SecretStr | None = Field(default=None, min_length=16)
+    # Every process announces itself this often; silent for 3 intervals it shows as stale,
+    # for 10 it is dropped from the list.
+    presence_interval_s: float = Field(default=5.0, gt=0)
 
     @field_validator("database_url")
     @classmethod

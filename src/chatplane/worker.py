@@ -21,7 +21,9 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    services = await build_services(settings, run_turns=True, migrate_embedded=False)
+    services = await build_services(
+        settings, run_turns=True, migrate_embedded=False, process_kind="worker"
+    )
     assert services.worker is not None
     metrics = None
     if settings.worker_metrics_port:

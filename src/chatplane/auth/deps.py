@@ -6,6 +6,7 @@ import hmac
 from collections.abc import Mapping
 from typing import Annotated
 
+import structlog
 from fastapi import Depends, Request
 from starlette.types import Scope
 
@@ -30,6 +31,12 @@ def bearer_token(authorization: str | None) -> str | None:
     return token.strip()
 
 
+def bind_principal(principal: Principal) -> Principal:
+    """Every log line of the request from here on names the tenant and the user."""
+    structlog.contextvars.bind_contextvars(tenant_id=principal.tenant_id, user_id=principal.user_id)
+    return principal
+
+
 async def authenticate_request(
     services: Services, *, method: str, headers: Mapping[str, str], cookies: Mapping[str, str]
 ) -> Principal:
@@ -37,11 +44,13 @@ async def authenticate_request(
     also needs the CSRF header on anything but a read."""
     token = bearer_token(headers.get("authorization"))
     if token is not None:
-        return await services.auth.authenticate_bearer(token)
+        return bind_principal(await services.auth.authenticate_bearer(token))
     cookie = cookies.get(SESSION_COOKIE)
     if not cookie:
         raise Unauthorized()
-    principal = await services.auth.authenticate_session_token(cookie, via_cookie=True)
+    principal = bind_principal(
+        await services.auth.authenticate_session_token(cookie, via_cookie=True)
+    )
     if method not in SAFE_METHODS:
         expected = cookies.get(CSRF_COOKIE, "")
         given = headers.get(CSRF_HEADER, "")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 
 from chatplane.auth.deps import ChatPrincipal, ServicesDep
 from chatplane.chat.models import Conversation, Turn
@@ -113,8 +113,15 @@ async def delete_conversation(
     "/conversations/{conversation_id}/messages", status_code=202, response_model=TurnAccepted
 )
 async def post_message(
-    conversation_id: str, body: MessageIn, principal: ChatPrincipal, services: ServicesDep
+    conversation_id: str,
+    body: MessageIn,
+    principal: ChatPrincipal,
+    services: ServicesDep,
+    request: Request,
 ) -> TurnAccepted:
+    """Answered at once with 202; the turn runs on a worker. While this server drains
+    (a restart), 503 `draining` with `Retry-After`: send it again."""
+    request.app.state.drain.refuse_new_work()
     turn = await services.chat.post_message(
         principal, conversation_id, content=body.content, model=body.model
     )

@@ -23,6 +23,7 @@ from chatplane.container import Services
 from chatplane.errors import BadRequest, ChatplaneError
 from chatplane.http.problems import error_response
 from chatplane.observability.metrics import sse_stream_ended, sse_stream_started
+from chatplane.ops.drain import Drain
 
 TERMINAL_EVENTS = frozenset({"turn.completed", "turn.failed", "turn.cancelled"})
 SSE_HEADERS = [
@@ -32,6 +33,9 @@ SSE_HEADERS = [
 ]
 RETRY = b"retry: 1000\n\n"
 KEEPALIVE = b": keepalive\n\n"
+# The last words of a stream this server ends because it drains: the client reconnects
+# (EventSource by itself) with Last-Event-ID and resumes on another server.
+DRAINING = b": this server is restarting; resume elsewhere\nretry: 500\n\n"
 MAX_EVENT_ID = 64
 
 
@@ -88,7 +92,7 @@ class TurnEvents:
                 data = {"error": turn_error(latest.error_code, latest.error_message)}
             return Event(id="", type=f"turn.{latest.status}", data=data)
 
-        stream = _Stream(services, turn_id, after, events, stored_outcome)
+        stream = _Stream(services, turn_id, after, events, stored_outcome, scope["app"].state.drain)
         ended_long_ago = turn.status in TERMINAL_STATES and not events
         del connection, turn, events  # an idle stream keeps only what it needs
         await stream.run(receive, send, first_wait_s=0.0 if ended_long_ago else None)
@@ -102,8 +106,11 @@ class _Stream:
         after: str | None,
         events: list[Event],
         stored_outcome: Callable[[], Awaitable[Event | None]],
+        drain: Drain,
     ) -> None:
         self.broker = services.broker
+        self.drain = drain
+        self.started = False
         self.keepalive_s = services.settings.sse_keepalive_s
         self.turn_id = turn_id
         self.after = after
@@ -126,20 +133,32 @@ class _Stream:
         watcher = asyncio.create_task(watch())
         sse_stream_started()
         try:
-            await self._send_events(send, first_wait_s)
-        except asyncio.CancelledError:
-            if not gone:
-                raise
-            me.uncancel()  # the client left: a normal end for us, not a cancellation
+            with self.drain.stream():
+                try:
+                    await self._send_events(send, first_wait_s)
+                except asyncio.CancelledError:
+                    if gone:
+                        me.uncancel()  # the client left: a normal end, not a cancellation
+                    elif self.drain.ended_by_drain():
+                        me.uncancel()  # this server drains: the client resumes on another
+                        if not self.started:
+                            await self._start(send)
+                        await send({"type": "http.response.body", "body": DRAINING})
+                    else:
+                        raise
         except OSError:
             pass  # the connection broke while we were writing
         finally:
             sse_stream_ended()
             watcher.cancel()
 
-    async def _send_events(self, send: Send, first_wait_s: float | None) -> None:
+    async def _start(self, send: Send) -> None:
+        self.started = True
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
         await send({"type": "http.response.body", "body": RETRY, "more_body": True})
+
+    async def _send_events(self, send: Send, first_wait_s: float | None) -> None:
+        await self._start(send)
         after, events = self.after, self.events
         wait_s = self.keepalive_s if first_wait_s is None else first_wait_s
         checked_outcome = False

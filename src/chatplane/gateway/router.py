@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
-from chatplane.auth.deps import bearer_token, count_request, require_scope
+from chatplane.auth.deps import bearer_token, bind_principal, count_request, require_scope
 from chatplane.auth.principal import Principal
 from chatplane.container import Services
 from chatplane.db.base import new_id
@@ -36,6 +36,7 @@ from chatplane.gateway.stream import (
 from chatplane.http.problems import error_response
 from chatplane.limits.service import Admission, remember
 from chatplane.observability import metrics
+from chatplane.ops.drain import Drain
 from chatplane.providers.openai import OpenAIProvider
 from chatplane.providers.protocol import Finish, StreamItem, TextDelta, Usage
 from chatplane.providers.registry import ModelRoute, cost_usd
@@ -60,7 +61,8 @@ async def _authenticate(services: Services, scope: Scope) -> Principal:
         if name == b"authorization":
             token = bearer_token(value.decode("latin-1"))
             if token:
-                return require_scope(await services.auth.authenticate_bearer(token), "chat")
+                principal = await services.auth.authenticate_bearer(token)
+                return require_scope(bind_principal(principal), "chat")
     raise Unauthorized("Send an API key as 'Authorization: Bearer cp_...'", code="missing_api_key")
 
 
@@ -121,9 +123,11 @@ class ChatCompletions:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         services: Services = scope["app"].state.services
+        drain: Drain = scope["app"].state.drain
         try:
             principal = await _authenticate(services, scope)
             request = parse_request(await _read_body(receive))
+            drain.refuse_new_work()
             route = await services.registry.resolve(request.model)
             admission = await _admit(services, principal, request, route)
         except ChatplaneError as exc:
@@ -139,7 +143,8 @@ class ChatCompletions:
         else:
             runner = call.translated
         try:
-            await _abort_on_disconnect(receive, runner())
+            with drain.call():  # a drain waits for it to finish
+                await _abort_on_disconnect(receive, runner())
         except ChatplaneError as exc:
             if isinstance(exc, ProviderError):
                 metrics.provider_error(route.kind, exc.kind)

@@ -14,6 +14,9 @@ from chatplane.http.problems import error_response
 from chatplane.observability.metrics import HttpMetrics
 
 REQUEST_ID_HEADER = b"x-request-id"
+# Probes come every few seconds: their lines are debug, not info.
+QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
+access_log = structlog.get_logger("chatplane.access")
 HSTS = (b"strict-transport-security", b"max-age=31536000; includeSubDomains")
 SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
@@ -36,11 +39,19 @@ class HttpMiddleware:
     with 413, adds security headers (HSTS on https), and records the request's metrics
     (counted and timed to the response's last byte, streams included)."""
 
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, clients: ClientResolver) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        clients: ClientResolver,
+        access_log: bool = True,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.clients = clients
         self.metrics = HttpMetrics()
+        self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
@@ -99,7 +110,25 @@ class HttpMiddleware:
                 status = 413
                 await self._too_large(path, send, request_id)
         finally:
-            self.metrics.observe(scope, status, perf_counter() - began)
+            seconds = perf_counter() - began
+            self.metrics.observe(scope, status, seconds)
+            if self.access_log:
+                self._log(scope, status, seconds)
+
+    def _log(self, scope: Scope, status: int, seconds: float) -> None:
+        """The access log line, in the same format as every other line: the request id,
+        and the tenant and user once the request was authenticated, come from the context."""
+        route = self.metrics.route(scope)
+        client = scope.get("client")
+        emit = access_log.debug if route in QUIET_ROUTES else access_log.info
+        emit(
+            "request",
+            method=scope["method"],
+            route=route,
+            status=status,
+            duration_ms=round(seconds * 1000, 2),
+            client=client[0] if client else None,
+        )
 
     async def _too_large(self, path: str, send: Send, request_id: str) -> None:
         exc = PayloadTooLarge(f"The request body is over {self.max_body_bytes // 1024} KB")

@@ -1,0 +1,66 @@
+"""Logs as an operator reads them: JSON lines from a real `chatplane serve`, one access line per
+request with the request id the response echoed, the route template, the status, the
+duration, the tenant and the user; no secret and no message text."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+
+from tests.scale.procs import Cluster, clean_env, run_cli
+
+PASSWORD = "logged-password-1"
+SECRET_TEXT = "the launch code is 0000"
+
+
+async def test_json_access_lines_carry_the_echoed_request_id(tmp_path: Path) -> None:
+    env = clean_env(CHATPLANE_DATA_DIR=str(tmp_path / "data"), CHATPLANE_LOG_JSON="1")
+    run_cli(env, "users", "create", "log@example.com", "--password-stdin", stdin=PASSWORD + "\n")
+    key = run_cli(env, "keys", "create", "log@example.com", "--name", "logs").strip()
+    cluster = Cluster(env, tmp_path)
+    api = cluster.api("api")
+    try:
+        await api.wait_ready()
+        async with httpx.AsyncClient(
+            base_url=api.base_url, headers={"authorization": f"Bearer {key}"}, timeout=30
+        ) as http:
+            created = await http.post(
+                "/api/conversations", json={}, headers={"x-request-id": "req-from-client-1"}
+            )
+            conversation_id = created.json()["id"]
+            posted = await http.post(
+                f"/api/conversations/{conversation_id}/messages", json={"content": SECRET_TEXT}
+            )
+            failed_login = await http.post(
+                "/api/auth/login", json={"email": "log@example.com", "password": "wrong-guess"}
+            )
+    finally:
+        cluster.stop_all()
+    assert created.headers["x-request-id"] == "req-from-client-1"
+    assert posted.status_code == 202
+    assert failed_login.status_code == 401
+
+    lines = [line for line in api.log().splitlines() if line.startswith("{")]
+    records = [json.loads(line) for line in lines]  # every structured line is valid JSON
+    access = [r for r in records if r.get("event") == "request"]
+    first = next(r for r in access if r.get("request_id") == "req-from-client-1")
+    assert first["route"] == "/api/conversations"
+    assert (first["method"], first["status"]) == ("POST", 201)
+    assert first["duration_ms"] >= 0
+    assert first["tenant_id"]
+    assert first["user_id"]
+    assert first["level"] == "info"
+    assert first["timestamp"].endswith("Z")
+    message_line = next(r for r in access if r["status"] == 202)
+    assert message_line["route"] == "/api/conversations/{conversation_id}/messages"
+    assert posted.headers["x-request-id"] == message_line["request_id"]
+    assert any(r["route"] == "/api/auth/login" and r["status"] == 401 for r in access)
+    # uvicorn's own lines come through the same JSON renderer.
+    assert any("Uvicorn running" in str(r.get("event")) for r in records)
+    log = api.log()
+    assert key not in log
+    assert PASSWORD not in log
+    assert "wrong-guess" not in log
+    assert SECRET_TEXT not in log
