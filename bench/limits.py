@@ -8,9 +8,9 @@ Redis does not answer).
   `AuthService`, as `chatplane keys create --budget-usd` makes them), so the policy comes
   from the database through the service's own cache, as in `serve`. Per request, what the
   `/v1` path runs: the per-address check (`check_ip`, `LimitMiddleware`), then `admit` and
-  `Admission.finish` as `gateway/router.py` calls them. `--requests` of them one after
-  another, then `--requests` with `--concurrency` in flight. Each store call is timed, and
-  every Redis command the client sends is counted.
+  `Admission.finish` as `gateway/router.py` calls them (one combined store call each).
+  `--requests` of them one after another, then `--requests` with `--concurrency` in
+  flight. Each store call is timed, and every Redis command the client sends is counted.
 - **End to end**: `/v1/chat/completions` (mock model, streamed) through a real `chatplane
   serve` with the limits off (every rate and concurrency setting 0, no budget) and then on
   (the same policy as the direct part, generous so nothing is refused), once per store; the
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -42,6 +43,8 @@ from bench.stats import distribution_ms
 if TYPE_CHECKING:
     from bench.scenarios import BenchOptions
     from chatplane.limits.protocol import (
+        Admissions,
+        AdmitResult,
         BudgetLedger,
         BudgetRule,
         BudgetState,
@@ -49,8 +52,6 @@ if TYPE_CHECKING:
         RateLimiter,
         RateRule,
         ReserveResult,
-        SlotDecision,
-        SlotLimiter,
         SlotRule,
     )
 
@@ -84,14 +85,7 @@ POLICY = {
 CLIENT_IP = "127.0.0.1"
 ZONE = "gateway"
 # Time is spent in the store calls (and the Redis round trips) in this order per request.
-STORE_CALLS = (
-    "rates.check_ip",
-    "rates.check",
-    "slots.acquire",
-    "budgets.reserve",
-    "slots.release",
-    "budgets.settle",
-)
+STORE_CALLS = ("rates.check_ip", "admissions.admit", "admissions.finish")
 KIB_PER_MB = 1024
 
 MeasureFn = Callable[
@@ -170,20 +164,46 @@ class TimedRates:
         await self.inner.close()
 
 
-class TimedSlots:
-    def __init__(self, inner: SlotLimiter, timer: StoreTimer) -> None:
+class TimedAdmissions:
+    def __init__(self, inner: Admissions, timer: StoreTimer) -> None:
         self.inner = inner
         self.timer = timer
 
-    async def acquire(
-        self, partition: str, lease_id: str, rules: Sequence[SlotRule]
-    ) -> SlotDecision:
-        with self.timer.time("slots.acquire"):
-            return await self.inner.acquire(partition, lease_id, rules)
+    async def admit(
+        self,
+        partition: str,
+        lease_id: str,
+        rates: Sequence[RateRule],
+        slots: Sequence[SlotRule],
+        budgets: Sequence[BudgetRule],
+        amount_nano: int,
+        *,
+        budget_ttl_s: float,
+    ) -> AdmitResult:
+        with self.timer.time("admissions.admit"):
+            return await self.inner.admit(
+                partition, lease_id, rates, slots, budgets, amount_nano, budget_ttl_s=budget_ttl_s
+            )
 
-    async def release(self, partition: str, lease_id: str) -> None:
-        with self.timer.time("slots.release"):
-            await self.inner.release(partition, lease_id)
+    async def finish(
+        self,
+        partition: str,
+        lease_id: str,
+        *,
+        slots: bool,
+        reservation_id: str | None,
+        actual_nano: int,
+        budget_keys: Sequence[str],
+    ) -> None:
+        with self.timer.time("admissions.finish"):
+            await self.inner.finish(
+                partition,
+                lease_id,
+                slots=slots,
+                reservation_id=reservation_id,
+                actual_nano=actual_nano,
+                budget_keys=budget_keys,
+            )
 
     async def close(self) -> None:
         await self.inner.close()
@@ -294,13 +314,13 @@ async def _direct(workdir: Path, store: str, options: BenchOptions) -> dict[str,
         await auth.create_user(BENCH_EMAIL, BENCH_PASSWORD)
         _, api_key = await auth.create_api_key(BENCH_EMAIL, "bench", budget_usd=KEY_BUDGET_USD)
         principal = await auth.authenticate_api_key(api_key)
-        service = LimitService(
-            settings,
-            db,
+        timed = dataclasses.replace(
+            stores,
             rates=TimedRates(stores.rates, timer),
-            slots=TimedSlots(stores.slots, timer),
             budgets=TimedBudgets(stores.budgets, timer),
+            admissions=TimedAdmissions(stores.admissions, timer),
         )
+        service = LimitService(settings, db, timed)
         # What `gateway/router.py` `_admit` computes for the bench's request.
         request = parse_request(
             orjson.dumps(

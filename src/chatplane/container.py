@@ -91,13 +91,7 @@ async def build_services(
     http = create_upstream_session(settings)
     registry = await build_registry(settings, http)
     limit_stores = create_limit_stores(settings)
-    limits = LimitService(
-        settings,
-        db,
-        rates=limit_stores.rates,
-        slots=limit_stores.slots,
-        budgets=limit_stores.budgets,
-    )
+    limits = LimitService(settings, db, limit_stores)
     runner = TurnRunner(db, broker, registry, settings, limits)
     audit = AuditLog(db)
     passwords = Passwords(settings)

@@ -20,6 +20,7 @@ from typing import TypeVar
 
 from chatplane.limits import gcra
 from chatplane.limits.protocol import (
+    AdmitResult,
     BudgetRule,
     BudgetState,
     RateDecision,
@@ -69,6 +70,31 @@ def _unique(keys: Iterable[str]) -> list[str]:
 # Rate limits -------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class RatePlan:
+    """A rate check's steps before anything is taken."""
+
+    rules: tuple[RateRule, ...]
+    steps: tuple[gcra.Step, ...]
+    levels: dict[tuple[str, str], float]  # per bucket, after the request
+    now: int
+
+    @property
+    def taken(self) -> bool:
+        return all(step.allowed for step in self.steps)
+
+    def decisions(self, *, committed: bool) -> list[RateDecision]:
+        return [
+            gcra.decision(
+                rule,
+                step.allowed,
+                step.level_after_us if committed else step.level_us,
+                step.retry_us,
+            )
+            for rule, step in zip(self.rules, self.steps, strict=True)
+        ]
+
+
 class MemoryRateLimiter:
     def __init__(self, *, clock: Clock = time.monotonic, max_keys: int = 100_000) -> None:
         self._clock = clock
@@ -76,6 +102,13 @@ class MemoryRateLimiter:
         self._tats: OrderedDict[tuple[str, str], int] = OrderedDict()  # TAT in us
 
     async def check(self, partition: str, rules: Sequence[RateRule]) -> list[RateDecision]:
+        plan = self.plan(partition, rules)
+        if plan.taken:
+            self.commit(plan)
+        return plan.decisions(committed=plan.taken)
+
+    def plan(self, partition: str, rules: Sequence[RateRule]) -> RatePlan:
+        """Every rule's step, nothing taken yet (`commit` takes it)."""
         gcra.validate(rules)
         now = int(self._clock() * gcra.US)
         _sweep_oldest(self._tats, lambda tat: tat <= now)
@@ -90,16 +123,11 @@ class MemoryRateLimiter:
             steps.append(step)
             if step.allowed:
                 levels[bucket] = step.level_after_us
-        taken = all(step.allowed for step in steps)
-        if taken:
-            for bucket, level in levels.items():
-                self._store(bucket, now + math.floor(level), now)
-        return [
-            gcra.decision(
-                rule, step.allowed, step.level_after_us if taken else step.level_us, step.retry_us
-            )
-            for rule, step in zip(rules, steps, strict=True)
-        ]
+        return RatePlan(tuple(rules), tuple(steps), levels, now)
+
+    def commit(self, plan: RatePlan) -> None:
+        for bucket, level in plan.levels.items():
+            self._store(bucket, plan.now + math.floor(level), plan.now)
 
     def _store(self, bucket: tuple[str, str], tat: int, now: int) -> None:
         self._tats.pop(bucket, None)
@@ -128,14 +156,26 @@ class MemorySlotLimiter:
     async def acquire(
         self, partition: str, lease_id: str, rules: Sequence[SlotRule]
     ) -> SlotDecision:
+        refused = self.refusal(partition, lease_id, rules)
+        if refused is not None:
+            return refused
+        self.take(partition, lease_id, rules)
+        return SlotDecision(allowed=True)
+
+    def refusal(
+        self, partition: str, lease_id: str, rules: Sequence[SlotRule]
+    ) -> SlotDecision | None:
+        """The refusal of the first full rule, or None when the lease may take its slots."""
         for rule in rules:
             holders = self._holders.get((partition, rule.key), {})
             if lease_id not in holders and len(holders) >= rule.limit:
                 return SlotDecision(allowed=False, refused=rule, in_use=len(holders))
+        return None
+
+    def take(self, partition: str, lease_id: str, rules: Sequence[SlotRule]) -> None:
         for rule in rules:
             self._holders.setdefault((partition, rule.key), {})[lease_id] = None
             self._leases.setdefault((partition, lease_id), set()).add(rule.key)
-        return SlotDecision(allowed=True)
 
     async def release(self, partition: str, lease_id: str) -> None:
         for key in self._leases.pop((partition, lease_id), ()):
@@ -195,28 +235,49 @@ class MemoryBudgetLedger:
         *,
         ttl_s: float,
     ) -> ReserveResult:
+        result, hold = self.examine(partition, reservation_id, amount_nano, rules)
+        if hold:
+            self.hold(partition, reservation_id, amount_nano, rules, ttl_s=ttl_s)
+        return result
+
+    def examine(
+        self, partition: str, reservation_id: str, amount_nano: int, rules: Sequence[BudgetRule]
+    ) -> tuple[ReserveResult, bool]:
+        """What reserving would answer, and whether `hold` must follow (False when the id
+        is held or settled already, or the answer is a refusal); nothing held yet."""
         now = self._now()
         rid = (partition, reservation_id)
         if rid in self._reservations or rid in self._settled:
-            return ReserveResult(ok=True)  # held already, or settled: nothing more to hold
+            return ReserveResult(ok=True), False  # nothing more to hold
         budgets = [self._budget(partition, rule.key, now) for rule in rules]
         unseeded = _unique(rule.key for rule, b in zip(rules, budgets, strict=True) if b is None)
         if unseeded:
-            return ReserveResult(ok=False, unseeded=tuple(unseeded))
+            return ReserveResult(ok=False, unseeded=tuple(unseeded)), False
         for rule, budget in zip(rules, budgets, strict=True):
             assert budget is not None
             if budget.spent + budget.reserved + amount_nano > rule.limit_nano:
                 state = BudgetState(rule.key, budget.spent, budget.reserved)
-                return ReserveResult(ok=False, refused=rule, state=state)
+                return ReserveResult(ok=False, refused=rule, state=state), False
+        return ReserveResult(ok=True), True
+
+    def hold(
+        self,
+        partition: str,
+        reservation_id: str,
+        amount_nano: int,
+        rules: Sequence[BudgetRule],
+        *,
+        ttl_s: float,
+    ) -> None:
+        """Hold what `examine` found fits, right after it (nothing may run in between)."""
         keys = _unique(rule.key for rule in rules)
         for key in keys:
             budget = self._budgets[(partition, key)]
             budget.held[reservation_id] = amount_nano
             budget.reserved += amount_nano
-        expires_at = now + ttl_s
-        self._reservations[rid] = _Reservation(expires_at, tuple(keys))
+        expires_at = self._clock() + ttl_s
+        self._reservations[(partition, reservation_id)] = _Reservation(expires_at, tuple(keys))
         heapq.heappush(self._expiries, (expires_at, next(self._seq), partition, reservation_id))
-        return ReserveResult(ok=True)
 
     async def settle(
         self, partition: str, reservation_id: str, actual_nano: int, keys: Sequence[str]
@@ -290,3 +351,67 @@ class MemoryBudgetLedger:
 
 def _ended(budget: _Budget, now: float) -> bool:
     return budget.expires_at is not None and budget.expires_at <= now
+
+
+# Admissions: the three kinds at once ------------------------------------------------------
+
+
+class MemoryAdmissions:
+    """The three stores in one step: atomic because nothing here awaits between the checks
+    and the commits (the event loop runs nothing else in between)."""
+
+    def __init__(
+        self, rates: MemoryRateLimiter, slots: MemorySlotLimiter, budgets: MemoryBudgetLedger
+    ) -> None:
+        self._rates = rates
+        self._slots = slots
+        self._budgets = budgets
+
+    async def admit(
+        self,
+        partition: str,
+        lease_id: str,
+        rates: Sequence[RateRule],
+        slots: Sequence[SlotRule],
+        budgets: Sequence[BudgetRule],
+        amount_nano: int,
+        *,
+        budget_ttl_s: float,
+    ) -> AdmitResult:
+        plan = self._rates.plan(partition, rates)
+        if not plan.taken:
+            return AdmitResult(tuple(plan.decisions(committed=False)))
+        full = self._slots.refusal(partition, lease_id, slots)
+        if full is not None:
+            return AdmitResult(tuple(plan.decisions(committed=False)), full)
+        budget, hold = ReserveResult(ok=True), False
+        if budgets:
+            budget, hold = self._budgets.examine(partition, lease_id, amount_nano, budgets)
+        if not budget.ok:
+            return AdmitResult(tuple(plan.decisions(committed=False)), _TAKEN, budget)
+        self._rates.commit(plan)
+        self._slots.take(partition, lease_id, slots)
+        if hold:
+            self._budgets.hold(partition, lease_id, amount_nano, budgets, ttl_s=budget_ttl_s)
+        return AdmitResult(tuple(plan.decisions(committed=True)), _TAKEN, budget)
+
+    async def finish(
+        self,
+        partition: str,
+        lease_id: str,
+        *,
+        slots: bool,
+        reservation_id: str | None,
+        actual_nano: int,
+        budget_keys: Sequence[str],
+    ) -> None:
+        if slots:
+            await self._slots.release(partition, lease_id)
+        if reservation_id is not None:
+            await self._budgets.settle(partition, reservation_id, actual_nano, budget_keys)
+
+    async def close(self) -> None:
+        return None
+
+
+_TAKEN = SlotDecision(allowed=True)

@@ -1,4 +1,6 @@
-"""The limit stores: rate limits (GCRA), concurrency slots and budget reservations.
+"""The limit stores: rate limits (GCRA), concurrency slots and budget reservations, and
+`Admissions`, the three together for one model call (one round trip to admit it, one to end
+it).
 
 Each has an in-process implementation (the embedded shape) and a Redis one (atomic Lua, one
 round trip per call, exact across replicas), behind the protocols here, with one test suite
@@ -160,5 +162,70 @@ class BudgetLedger(Protocol):
         ...
 
     async def state(self, partition: str, key: str) -> BudgetState | None: ...
+
+    async def close(self) -> None: ...
+
+
+# Admissions: the three kinds at once ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AdmitResult:
+    """What a combined admission found. The kinds are looked at in order, rates, slots,
+    budget, and the first that refuses ends it: the later ones are None (not looked at)."""
+
+    rates: tuple[RateDecision, ...] = ()  # one per rule, in order (refused or not)
+    slots: SlotDecision | None = None
+    budget: ReserveResult | None = None
+
+    @property
+    def admitted(self) -> bool:
+        return (
+            all(decision.allowed for decision in self.rates)
+            and self.slots is not None
+            and self.slots.allowed
+            and self.budget is not None
+            and self.budget.ok
+        )
+
+
+class Admissions(Protocol):
+    """A request's rate limits, concurrency slots and budget reservation in one step (one
+    round trip), and its end in one more. All keys live in one partition."""
+
+    async def admit(
+        self,
+        partition: str,
+        lease_id: str,
+        rates: Sequence[RateRule],
+        slots: Sequence[SlotRule],
+        budgets: Sequence[BudgetRule],
+        amount_nano: int,
+        *,
+        budget_ttl_s: float,
+    ) -> AdmitResult:
+        """All or nothing: every rate rule takes its cost, the lease takes a slot under
+        every slot rule and `amount_nano` is reserved under every budget rule (as the
+        reservation `lease_id`), or nothing at all is taken when any of them refuses or a
+        budget is unseeded. The rate decisions describe the buckets after the request when
+        it was admitted, as they are otherwise. Slots and the reservation are idempotent
+        per `lease_id` (as `SlotLimiter.acquire` and `BudgetLedger.reserve`); rate units
+        are taken by every admitted call."""
+        ...
+
+    async def finish(
+        self,
+        partition: str,
+        lease_id: str,
+        *,
+        slots: bool,
+        reservation_id: str | None,
+        actual_nano: int,
+        budget_keys: Sequence[str],
+    ) -> None:
+        """Free the lease's slots (when `slots`) and settle the reservation (when one is
+        named) with `SlotLimiter.release` and `BudgetLedger.settle`'s semantics: exactly
+        once per reservation id."""
+        ...
 
     async def close(self) -> None: ...

@@ -3,8 +3,16 @@
 replicas with skewed clocks agree. Numbers handed back to Redis go through `int()` below:
 Redis would format a large Lua number as "1.7e+15", which INCRBY and SET refuse.
 
-Rates (`RATE_CHECK`): one integer per bucket, its TAT in microseconds, expiring once the
-bucket is full again; the arithmetic is `chatplane.limits.gcra`'s, step for step.
+The logic of each kind exists once, as Lua functions in `_LIBRARY`: a check phase that only
+reads (`rates_check`, `slots_check`, `budgets_check`) and a commit phase that writes
+(`rates_commit`, `slots_commit`, `budgets_commit`), plus `slots_release` and `settle`. The
+single-kind scripts (`RATE_CHECK`, `ACQUIRE_SLOTS`, `RESERVE`, `RELEASE_SLOTS`, `SETTLE`) and
+the combined ones (`ADMIT`: every check, then every commit, or nothing; `FINISH`: release
+and settle) are thin mains over them. Redis caches a script by its SHA, so the shared
+library costs one parse per script, once.
+
+Rates: one integer per bucket, its TAT in microseconds, expiring once the bucket is full
+again; the arithmetic is `chatplane.limits.gcra`'s, step for step.
 
 Slots: per rule a sorted set of lease ids scored by expiry (ms), and per lease a set of the
 slot keys it holds (the lease record), both expiring with the lease.
@@ -13,10 +21,10 @@ Budgets: per budget key `B`: `B:spent` (the settled spend; its existence means "
 `B:held` (a sorted set of reservation ids by expiry, ms) and `B:amounts` (a hash of
 "r:<id>" -> amount plus "total", the sum of the live ones). Per reservation a record: the
 budget keys it holds under (JSON) while it is live, then "settled" for a week.
-`RELEASE_SLOTS` and `SETTLE` read the keys to touch from a record: undeclared keys, but in the
+Releasing and settling read the keys to touch from a record: undeclared keys, but in the
 record's own slot."""
 
-_COMMON = """
+_LIBRARY = """
 local function now_us()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -26,94 +34,235 @@ local function extend(key, ttl_ms)
   local left = redis.call('PTTL', key)
   if left ~= -2 and left < ttl_ms then redis.call('PEXPIRE', key, int(ttl_ms)) end
 end
-"""
-
-# KEYS: one bucket per rule. ARGV: limit, period (us), cost per rule, in order.
-# Returns {taken, then per rule: allowed, remaining, reset (us), retry after (us)}.
-RATE_CHECK = (
-    _COMMON
-    + """
-local now = now_us()
-local levels, steps, taken = {}, {}, 1
-for i, key in ipairs(KEYS) do
-  local limit, period = tonumber(ARGV[3 * i - 2]), tonumber(ARGV[3 * i - 1])
-  local cost = tonumber(ARGV[3 * i])
-  local level = levels[key]
-  if level == nil then level = math.max(0, tonumber(redis.call('GET', key) or now) - now) end
-  local after = level + cost * period / limit
-  local allowed, retry = 1, 0
-  if cost <= limit and after <= period + 1e-3 then
-    levels[key] = after
-  else
-    allowed, taken = 0, 0
-    if cost > limit then retry = period else retry = after - period end
-  end
-  steps[i] = {allowed, level, after, retry}
+local function slice(list, first, count)
+  local out = {}
+  for i = 1, count do out[i] = list[first + i - 1] end
+  return out
 end
-if taken == 1 then
-  for key, level in pairs(levels) do
+local function numbers(list, first, count)
+  local out = {}
+  for i = 1, count do out[i] = tonumber(list[first + i - 1]) end
+  return out
+end
+
+-- Rates ----------------------------------------------------------------------------------
+-- keys: one bucket per rule; args: limit, period (us), cost per rule (numbers).
+-- Every rule's GCRA step, without writes. A key named twice sees its first use.
+local function rates_check(keys, args, now)
+  local r = {keys = keys, args = args, now = now, levels = {}, steps = {}, taken = true}
+  for i, key in ipairs(keys) do
+    local limit, period, cost = args[3 * i - 2], args[3 * i - 1], args[3 * i]
+    local level = r.levels[key]
+    if level == nil then level = math.max(0, tonumber(redis.call('GET', key) or now) - now) end
+    local after = level + cost * period / limit
+    local allowed, retry = 1, 0
+    if cost <= limit and after <= period + 1e-3 then
+      r.levels[key] = after
+    else
+      allowed, r.taken = 0, false
+      if cost > limit then retry = period else retry = after - period end
+    end
+    r.steps[i] = {allowed, level, after, retry}
+  end
+  return r
+end
+local function rates_commit(r)
+  for key, level in pairs(r.levels) do
     local whole = math.floor(level)
     if whole > 0 then
-      redis.call('SET', key, int(now + whole), 'PX', int(math.ceil(whole / 1000)))
+      redis.call('SET', key, int(r.now + whole), 'PX', int(math.ceil(whole / 1000)))
     else
       redis.call('DEL', key)
     end
   end
 end
-local out = {taken}
-for i, s in ipairs(steps) do
-  local limit, period = tonumber(ARGV[3 * i - 2]), tonumber(ARGV[3 * i - 1])
-  local level = s[2]
-  if taken == 1 then level = s[3] end
-  local units = math.floor((period - level) * limit / period + 1e-9)
-  out[#out + 1] = s[1]
-  out[#out + 1] = math.min(limit, math.max(0, units))
-  out[#out + 1] = math.ceil(level)
-  out[#out + 1] = math.ceil(s[4])
+-- Per rule: allowed, remaining, reset (us), retry after (us); the levels after the request
+-- when it was committed, else as they are.
+local function rates_reply(r, committed, out)
+  for i, s in ipairs(r.steps) do
+    local limit, period = r.args[3 * i - 2], r.args[3 * i - 1]
+    local level = s[2]
+    if committed then level = s[3] end
+    local units = math.floor((period - level) * limit / period + 1e-9)
+    out[#out + 1] = s[1]
+    out[#out + 1] = math.min(limit, math.max(0, units))
+    out[#out + 1] = math.ceil(level)
+    out[#out + 1] = math.ceil(s[4])
+  end
+  return out
 end
-return out
+
+-- Slots ----------------------------------------------------------------------------------
+-- The first full rule as {rule (1-based), in use}, or nil; without writes (an expired lease
+-- is not counted). A lease holding a slot already does not need another.
+local function slots_check(lease, keys, limits, now_ms)
+  local live = '(' .. int(now_ms)
+  for i, key in ipairs(keys) do
+    local expires = redis.call('ZSCORE', key, lease)
+    if not (expires and tonumber(expires) > now_ms) then
+      local in_use = redis.call('ZCOUNT', key, live, '+inf')
+      if in_use >= limits[i] then return {i, in_use} end
+    end
+  end
+  return nil
+end
+local function slots_commit(record, lease, keys, ttl, now_ms)
+  for _, key in ipairs(keys) do
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now_ms)
+    redis.call('ZADD', key, int(now_ms + ttl), lease)
+    extend(key, ttl)
+    redis.call('SADD', record, key)
+  end
+  if #keys > 0 then redis.call('PEXPIRE', record, int(ttl)) end
+end
+-- Frees the lease's slots in every set its record or `known` names.
+local function slots_release(record, lease, known)
+  for _, slots in ipairs(redis.call('SMEMBERS', record)) do redis.call('ZREM', slots, lease) end
+  for _, slots in ipairs(known) do redis.call('ZREM', slots, lease) end
+  redis.call('DEL', record)
+end
+
+-- Budgets --------------------------------------------------------------------------------
+-- What B's live reservations hold (the expired ones left out), without writes.
+local function budget_reserved(b, now_ms)
+  local amounts = b .. ':amounts'
+  local total = tonumber(redis.call('HGET', amounts, 'total') or 0)
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', b .. ':held', '-inf', now_ms)) do
+    total = total - tonumber(redis.call('HGET', amounts, 'r:' .. id) or 0)
+  end
+  return total
+end
+-- Drop B's expired reservations from its total.
+local function drop_expired(b, now_ms)
+  local held, amounts = b .. ':held', b .. ':amounts'
+  local expired = redis.call('ZRANGEBYSCORE', held, '-inf', now_ms)
+  if #expired == 0 then return end
+  local total = 0
+  for _, id in ipairs(expired) do
+    total = total + tonumber(redis.call('HGET', amounts, 'r:' .. id) or 0)
+    redis.call('HDEL', amounts, 'r:' .. id)
+  end
+  redis.call('ZREMRANGEBYSCORE', held, '-inf', now_ms)
+  if redis.call('ZCARD', held) == 0 then
+    redis.call('DEL', amounts)
+  else
+    redis.call('HINCRBY', amounts, 'total', int(-total))
+  end
+end
+-- spent_keys: B:spent per rule. Without writes, one of: {held = true} (the record exists:
+-- held or settled before, nothing more to hold), {unseeded = {rules (1-based)...}},
+-- {refused = {rule (1-based), spent, reserved}}, or {budgets = {B per rule}} (it fits).
+local function budgets_check(record, spent_keys, limits, amount, now_ms)
+  if redis.call('EXISTS', record) == 1 then return {held = true} end
+  local budgets, unseeded = {}, {}
+  for i, spent_key in ipairs(spent_keys) do
+    budgets[i] = string.sub(spent_key, 1, -7)  -- without ':spent'
+    if redis.call('EXISTS', spent_key) == 0 then unseeded[#unseeded + 1] = i end
+  end
+  if #unseeded > 0 then return {unseeded = unseeded} end
+  for i, spent_key in ipairs(spent_keys) do
+    local spent = tonumber(redis.call('GET', spent_key))
+    local held = budget_reserved(budgets[i], now_ms)
+    if spent + held + amount > limits[i] then return {refused = {i, spent, held}} end
+  end
+  return {budgets = budgets}
+end
+local function budgets_commit(check, record, id, amount, ttl, now_ms)
+  if check.held then return end
+  local seen, keys = {}, {}
+  for _, b in ipairs(check.budgets) do
+    if not seen[b] then
+      seen[b] = true
+      keys[#keys + 1] = b
+      drop_expired(b, now_ms)
+      redis.call('ZADD', b .. ':held', int(now_ms + ttl), id)
+      redis.call('HSET', b .. ':amounts', 'r:' .. id, int(amount))
+      redis.call('HINCRBY', b .. ':amounts', 'total', int(amount))
+      extend(b .. ':held', ttl)
+      extend(b .. ':amounts', ttl)
+    end
+  end
+  redis.call('SET', record, cjson.encode(keys), 'PX', int(ttl))
+end
+-- Release the reservation and add `actual` to each existing counter of spent_keys, once.
+-- 1 when a live reservation was released, 0 when none was, -1 when settled before.
+local function settle(record, id, actual, spent_keys, remember_ms)
+  local state = redis.call('GET', record)
+  if state == 'settled' then return -1 end
+  local released = 0
+  if state then
+    released = 1
+    for _, b in ipairs(cjson.decode(state)) do
+      local held, amounts = b .. ':held', b .. ':amounts'
+      local amount = redis.call('HGET', amounts, 'r:' .. id)
+      if amount then
+        redis.call('HDEL', amounts, 'r:' .. id)
+        redis.call('ZREM', held, id)
+        if redis.call('ZCARD', held) == 0 then
+          redis.call('DEL', amounts)
+        else
+          redis.call('HINCRBY', amounts, 'total', int(-tonumber(amount)))
+        end
+      end
+    end
+  end
+  local seen = {}
+  for _, spent in ipairs(spent_keys) do
+    if not seen[spent] and redis.call('EXISTS', spent) == 1 then
+      redis.call('INCRBY', spent, actual)
+    end
+    seen[spent] = true
+  end
+  redis.call('SET', record, 'settled', 'PX', remember_ms)
+  return released
+end
+local function budget_reply(check)
+  if check.unseeded then return {-1, unpack(check.unseeded)} end
+  if check.refused then return check.refused end
+  return {0}
+end
+"""
+
+# KEYS: one bucket per rule. ARGV: limit, period (us), cost per rule, in order.
+# Returns {taken, then per rule: allowed, remaining, reset (us), retry after (us)}.
+RATE_CHECK = (
+    _LIBRARY
+    + """
+local r = rates_check(KEYS, numbers(ARGV, 1, #ARGV), now_us())
+if r.taken then rates_commit(r) end
+return rates_reply(r, r.taken, {r.taken and 1 or 0})
 """
 )
 
 # KEYS[1]: the lease record; KEYS[2..]: one slot set per rule. ARGV: lease id, lease TTL
 # (ms), then the rules' limits. Returns {0} when taken, or {refused rule (1-based), in use}.
 ACQUIRE_SLOTS = (
-    _COMMON
+    _LIBRARY
     + """
-local lease, ttl = ARGV[1], tonumber(ARGV[2])
+local lease, ttl, n = ARGV[1], tonumber(ARGV[2]), #KEYS - 1
 local now = math.floor(now_us() / 1000)
-for i = 2, #KEYS do
-  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
-  if not redis.call('ZSCORE', KEYS[i], lease) then
-    local in_use = redis.call('ZCARD', KEYS[i])
-    if in_use >= tonumber(ARGV[i + 1]) then return {i - 1, in_use} end
-  end
-end
-for i = 2, #KEYS do
-  redis.call('ZADD', KEYS[i], int(now + ttl), lease)
-  extend(KEYS[i], ttl)
-  redis.call('SADD', KEYS[1], KEYS[i])
-end
-if #KEYS > 1 then redis.call('PEXPIRE', KEYS[1], int(ttl)) end
+local keys = slice(KEYS, 2, n)
+local refused = slots_check(lease, keys, numbers(ARGV, 3, n), now)
+if refused then return refused end
+slots_commit(KEYS[1], lease, keys, ttl, now)
 return {0}
 """
 )
 
 # KEYS[1]: the lease record; KEYS[2..]: the slot sets this process knows the lease holds.
 # ARGV[1]: the lease id. Frees its slots in every set the record or KEYS name.
-RELEASE_SLOTS = """
-for _, slots in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  redis.call('ZREM', slots, ARGV[1])
-end
-for i = 2, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end
-redis.call('DEL', KEYS[1])
+RELEASE_SLOTS = (
+    _LIBRARY
+    + """
+slots_release(KEYS[1], ARGV[1], slice(KEYS, 2, #KEYS - 1))
 return 0
 """
+)
 
 # KEYS[1]: the lease record; KEYS[2..]: the lease's slot sets. ARGV: lease id, lease TTL (ms).
 # Extends the lease where it still holds a slot (never takes a slot back); returns how many.
 RENEW_SLOTS = (
-    _COMMON
+    _LIBRARY
     + """
 local lease, ttl = ARGV[1], tonumber(ARGV[2])
 local now = math.floor(now_us() / 1000)
@@ -131,68 +280,20 @@ return held
 """
 )
 
-_BUDGETS = """
--- Drop B's expired reservations from its total.
-local function drop_expired(b, now)
-  local held, amounts = b .. ':held', b .. ':amounts'
-  local expired = redis.call('ZRANGEBYSCORE', held, '-inf', now)
-  if #expired == 0 then return end
-  local total = 0
-  for _, id in ipairs(expired) do
-    total = total + tonumber(redis.call('HGET', amounts, 'r:' .. id) or 0)
-    redis.call('HDEL', amounts, 'r:' .. id)
-  end
-  redis.call('ZREMRANGEBYSCORE', held, '-inf', now)
-  if redis.call('ZCARD', held) == 0 then
-    redis.call('DEL', amounts)
-  else
-    redis.call('HINCRBY', amounts, 'total', int(-total))
-  end
-end
-local function reserved(b)
-  return tonumber(redis.call('HGET', b .. ':amounts', 'total') or 0)
-end
-"""
-
 # KEYS[1]: the reservation record; then per rule: B:spent, B:held, B:amounts. ARGV: id,
 # amount, TTL (ms), then the rules' limits.
 # Returns {0} when held (or held or settled before), {-1, unseeded rules (1-based)...} or
 # {refused rule (1-based), spent, reserved}.
 RESERVE = (
-    _COMMON
-    + _BUDGETS
+    _LIBRARY
     + """
-local id, amount, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-if redis.call('EXISTS', KEYS[1]) == 1 then return {0} end
+local id, amount, ttl, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), (#KEYS - 1) / 3
 local now = math.floor(now_us() / 1000)
-local n = (#KEYS - 1) / 3
-local budgets, unseeded = {}, {-1}
-for i = 1, n do
-  local spent_key = KEYS[3 * i - 1]
-  budgets[i] = string.sub(spent_key, 1, -7)  -- without ':spent'
-  drop_expired(budgets[i], now)
-  if redis.call('EXISTS', spent_key) == 0 then unseeded[#unseeded + 1] = i end
-end
-if #unseeded > 1 then return unseeded end
-for i = 1, n do
-  local spent = tonumber(redis.call('GET', KEYS[3 * i - 1]))
-  local held = reserved(budgets[i])
-  if spent + held + amount > tonumber(ARGV[3 + i]) then return {i, spent, held} end
-end
-local seen, keys = {}, {}
-for i = 1, n do
-  local b = budgets[i]
-  if not seen[b] then
-    seen[b] = true
-    keys[#keys + 1] = b
-    redis.call('ZADD', b .. ':held', int(now + ttl), id)
-    redis.call('HSET', b .. ':amounts', 'r:' .. id, int(amount))
-    redis.call('HINCRBY', b .. ':amounts', 'total', int(amount))
-    extend(b .. ':held', ttl)
-    extend(b .. ':amounts', ttl)
-  end
-end
-redis.call('SET', KEYS[1], cjson.encode(keys), 'PX', int(ttl))
+local spent_keys = {}
+for i = 1, n do spent_keys[i] = KEYS[3 * i - 1] end
+local check = budgets_check(KEYS[1], spent_keys, numbers(ARGV, 4, n), amount, now)
+if check.unseeded or check.refused then return budget_reply(check) end
+budgets_commit(check, KEYS[1], id, amount, ttl, now)
 return {0}
 """
 )
@@ -201,49 +302,79 @@ return {0}
 # actual amount, how long to remember the settled id (ms).
 # Returns 1 when a live reservation was released, 0 when none was, -1 when settled before.
 SETTLE = (
-    _COMMON
+    _LIBRARY
     + """
-local id, actual = ARGV[1], ARGV[2]
-local record = redis.call('GET', KEYS[1])
-if record == 'settled' then return -1 end
-local released = 0
-if record then
-  released = 1
-  for _, b in ipairs(cjson.decode(record)) do
-    local held, amounts = b .. ':held', b .. ':amounts'
-    local amount = redis.call('HGET', amounts, 'r:' .. id)
-    if amount then
-      redis.call('HDEL', amounts, 'r:' .. id)
-      redis.call('ZREM', held, id)
-      if redis.call('ZCARD', held) == 0 then
-        redis.call('DEL', amounts)
-      else
-        redis.call('HINCRBY', amounts, 'total', int(-tonumber(amount)))
-      end
-    end
-  end
-end
-local seen = {}
-for i = 2, #KEYS do
-  if not seen[KEYS[i]] and redis.call('EXISTS', KEYS[i]) == 1 then
-    redis.call('INCRBY', KEYS[i], actual)
-  end
-  seen[KEYS[i]] = true
-end
-redis.call('SET', KEYS[1], 'settled', 'PX', ARGV[3])
-return released
+return settle(KEYS[1], ARGV[1], ARGV[2], slice(KEYS, 2, #KEYS - 1), ARGV[3])
 """
 )
 
 # KEYS: B:spent, B:held, B:amounts. Returns {spent, reserved}, or nil when unseeded.
 BUDGET_STATE = (
-    _COMMON
-    + _BUDGETS
+    _LIBRARY
     + """
 local b = string.sub(KEYS[1], 1, -7)
 drop_expired(b, math.floor(now_us() / 1000))
 local spent = redis.call('GET', KEYS[1])
 if not spent then return nil end
-return {tonumber(spent), reserved(b)}
+return {tonumber(spent), tonumber(redis.call('HGET', b .. ':amounts', 'total') or 0)}
+"""
+)
+
+# Rates, slots and a budget reservation for one request: every check, then every commit,
+# or nothing at all (a refused request takes no rate unit, no slot, no reservation).
+# KEYS: nr rate buckets; the lease record; ns slot sets; the reservation record; nb times
+# B:spent, B:held, B:amounts. ARGV: nr, ns, nb, lease id (also the reservation id), lease
+# TTL (ms), reservation TTL (ms), amount; then limit, period (us), cost per rate rule; the
+# slot limits; the budget limits.
+# Returns {status, rate decisions (4 per rule, as RATE_CHECK's), detail}: status 0
+# admitted, 1 a rate refused, 2 a slot rule was full (detail: rule, in use), 3 the budget
+# refused or is unseeded (detail: RESERVE's reply).
+ADMIT = (
+    _LIBRARY
+    + """
+local nr, ns, nb = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local lease, lease_ttl = ARGV[4], tonumber(ARGV[5])
+local budget_ttl, amount = tonumber(ARGV[6]), tonumber(ARGV[7])
+local now = now_us()
+local now_ms = math.floor(now / 1000)
+local lease_record, reservation = KEYS[nr + 1], KEYS[nr + ns + 2]
+local slot_keys = slice(KEYS, nr + 2, ns)
+local spent_keys = {}
+for i = 1, nb do spent_keys[i] = KEYS[nr + ns + 3 * i] end
+local rate_args = numbers(ARGV, 8, 3 * nr)
+local slot_limits = numbers(ARGV, 8 + 3 * nr, ns)
+local budget_limits = numbers(ARGV, 8 + 3 * nr + ns, nb)
+
+local r = rates_check(slice(KEYS, 1, nr), rate_args, now)
+if not r.taken then return {1, rates_reply(r, false, {}), {}} end
+local full = slots_check(lease, slot_keys, slot_limits, now_ms)
+if full then return {2, rates_reply(r, false, {}), full} end
+local check = {held = true}
+if nb > 0 then
+  check = budgets_check(reservation, spent_keys, budget_limits, amount, now_ms)
+  if check.unseeded or check.refused then
+    return {3, rates_reply(r, false, {}), budget_reply(check)}
+  end
+end
+rates_commit(r)
+slots_commit(lease_record, lease, slot_keys, lease_ttl, now_ms)
+budgets_commit(check, reservation, lease, amount, budget_ttl, now_ms)
+return {0, rates_reply(r, true, {}), {}}
+"""
+)
+
+# The end of a request: its lease's slots freed and its reservation settled, in one step.
+# KEYS: the lease record; ns slot sets this process knows the lease holds; then, when
+# settling, the reservation record and the B:spent counters. ARGV: ns, release (1/0),
+# settle (1/0), lease id, reservation id, actual amount, how long to remember a settled id
+# (ms). Returns SETTLE's answer, or 0 when there was nothing to settle.
+FINISH = (
+    _LIBRARY
+    + """
+local ns, release, settling = tonumber(ARGV[1]), ARGV[2] == '1', ARGV[3] == '1'
+if release then slots_release(KEYS[1], ARGV[4], slice(KEYS, 2, ns)) end
+if not settling then return 0 end
+local spent_keys = slice(KEYS, ns + 3, #KEYS - ns - 2)
+return settle(KEYS[ns + 2], ARGV[5], ARGV[6], spent_keys, ARGV[7])
 """
 )

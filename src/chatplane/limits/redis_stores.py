@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 from chatplane.limits import gcra
 from chatplane.limits.memory import SETTLED_TTL_S
 from chatplane.limits.protocol import (
+    AdmitResult,
     BudgetRule,
     BudgetState,
     RateDecision,
@@ -31,7 +32,9 @@ from chatplane.limits.protocol import (
 from chatplane.limits.redis import MAX_CONNECTIONS, RedisWindowCounter, connect, store_errors
 from chatplane.limits.redis_scripts import (
     ACQUIRE_SLOTS,
+    ADMIT,
     BUDGET_STATE,
+    FINISH,
     RATE_CHECK,
     RELEASE_SLOTS,
     RENEW_SLOTS,
@@ -52,6 +55,51 @@ class _Keys:
     def __call__(self, partition: str, kind: str, name: str) -> str:
         return f"{self._prefix}{{{partition}}}:{kind}:{name}"
 
+    def budget(self, partition: str, key: str) -> list[str]:
+        """B:spent, B:held, B:amounts (see `redis_scripts`)."""
+        base = self(partition, "budget", key)
+        return [f"{base}:spent", f"{base}:held", f"{base}:amounts"]
+
+
+def _rate_args(rules: Sequence[RateRule]) -> list[int | float]:
+    args: list[int | float] = []
+    for rule in rules:
+        args += [rule.limit, rule.period_s * gcra.US, rule.cost]
+    return args
+
+
+def _rate_decisions(rules: Sequence[RateRule], reply: Sequence[int]) -> list[RateDecision]:
+    """Per rule: allowed, remaining, reset (us), retry after (us)."""
+    decisions = []
+    for i, rule in enumerate(rules):
+        allowed, remaining, reset_us, retry_us = reply[4 * i : 4 + 4 * i]
+        decisions.append(
+            RateDecision(
+                rule=rule,
+                allowed=allowed == 1,
+                remaining=int(remaining),
+                reset_s=int(reset_us) / gcra.US,
+                retry_after_s=int(retry_us) / gcra.US,
+            )
+        )
+    return decisions
+
+
+def _reserve_result(rules: Sequence[BudgetRule], reply: Sequence[int]) -> ReserveResult:
+    """{0}, {-1, unseeded rules...} or {refused rule, spent, reserved} (rules 1-based)."""
+    if reply[0] == 0:
+        return ReserveResult(ok=True)
+    if reply[0] == _NOT_SEEDED:
+        unseeded = dict.fromkeys(rules[i - 1].key for i in reply[1:])
+        return ReserveResult(ok=False, unseeded=tuple(unseeded))
+    refused = rules[reply[0] - 1]
+    state = BudgetState(refused.key, int(reply[1]), int(reply[2]))
+    return ReserveResult(ok=False, refused=refused, state=state)
+
+
+def _ttl_ms(seconds: float) -> int:
+    return max(1, math.ceil(seconds * 1000))
+
 
 # Rate limits -------------------------------------------------------------------------------
 
@@ -67,24 +115,9 @@ class RedisRateLimiter:
         if not rules:
             return []
         keys = [self._key(partition, "rate", rule.key) for rule in rules]
-        args: list[int | float] = []
-        for rule in rules:
-            args += [rule.limit, rule.period_s * gcra.US, rule.cost]
         with store_errors():
-            reply: list[int] = await self._check(keys=keys, args=args)
-        decisions = []
-        for i, rule in enumerate(rules):
-            allowed, remaining, reset_us, retry_us = reply[1 + 4 * i : 5 + 4 * i]
-            decisions.append(
-                RateDecision(
-                    rule=rule,
-                    allowed=allowed == 1,
-                    remaining=int(remaining),
-                    reset_s=int(reset_us) / gcra.US,
-                    retry_after_s=int(retry_us) / gcra.US,
-                )
-            )
-        return decisions
+            reply: list[int] = await self._check(keys=keys, args=_rate_args(rules))
+        return _rate_decisions(rules, reply[1:])
 
     async def reset(self, partition: str, key: str) -> None:
         with store_errors():
@@ -109,7 +142,7 @@ class RedisSlotLimiter:
         self._client = client
         self._key = _Keys(key_prefix)
         self._lease_ttl_s = lease_ttl_s
-        self._ttl_ms = max(1, math.ceil(lease_ttl_s * 1000))
+        self.lease_ttl_ms = _ttl_ms(lease_ttl_s)
         self._acquire = client.register_script(ACQUIRE_SLOTS)
         self._release = client.register_script(RELEASE_SLOTS)
         self._renew = client.register_script(RENEW_SLOTS)
@@ -123,21 +156,30 @@ class RedisSlotLimiter:
             return SlotDecision(allowed=True)
         slot_keys = tuple(self._key(partition, "slots", rule.key) for rule in rules)
         record = self._key(partition, "lease", lease_id)
-        args: list[str | int] = [lease_id, self._ttl_ms, *(rule.limit for rule in rules)]
+        args: list[str | int] = [lease_id, self.lease_ttl_ms, *(rule.limit for rule in rules)]
         with store_errors():
             reply: list[int] = await self._acquire(keys=[record, *slot_keys], args=args)
         if reply[0] != 0:
             return SlotDecision(allowed=False, refused=rules[reply[0] - 1], in_use=int(reply[1]))
-        held = self._held.get((partition, lease_id), ())
-        self._held[(partition, lease_id)] = tuple(dict.fromkeys((*held, *slot_keys)))
-        self._start_renewer()
+        self.track(partition, lease_id, slot_keys)
         return SlotDecision(allowed=True)
 
     async def release(self, partition: str, lease_id: str) -> None:
-        slot_keys = self._held.pop((partition, lease_id), ())
+        slot_keys = self.untrack(partition, lease_id)
         record = self._key(partition, "lease", lease_id)
         with store_errors():
             await self._release(keys=[record, *slot_keys], args=[lease_id])
+
+    def track(self, partition: str, lease_id: str, slot_keys: Sequence[str]) -> None:
+        """Renew this lease, which holds a slot in each of `slot_keys`, until `untrack`."""
+        held = self._held.get((partition, lease_id), ())
+        self._held[(partition, lease_id)] = tuple(dict.fromkeys((*held, *slot_keys)))
+        self._start_renewer()
+
+    def untrack(self, partition: str, lease_id: str) -> tuple[str, ...]:
+        """Stop renewing the lease (it is being released); the slot sets it was known to
+        hold."""
+        return self._held.pop((partition, lease_id), ())
 
     async def close(self) -> None:
         """Stop renewing; leases still held expire by themselves."""
@@ -186,7 +228,12 @@ class RedisSlotLimiter:
             for (partition, lease_id), slot_keys in leases:
                 record = self._key(partition, "lease", lease_id)
                 pipe.evalsha(
-                    self._renew.sha, 1 + len(slot_keys), record, *slot_keys, lease_id, self._ttl_ms
+                    self._renew.sha,
+                    1 + len(slot_keys),
+                    record,
+                    *slot_keys,
+                    lease_id,
+                    self.lease_ttl_ms,
                 )
             return await pipe.execute(raise_on_error=False)
 
@@ -202,10 +249,6 @@ class RedisBudgetLedger:
         self._settle = client.register_script(SETTLE)
         self._state = client.register_script(BUDGET_STATE)
 
-    def _budget_keys(self, partition: str, key: str) -> list[str]:
-        base = self._key(partition, "budget", key)
-        return [f"{base}:spent", f"{base}:held", f"{base}:amounts"]
-
     async def reserve(
         self,
         partition: str,
@@ -217,43 +260,35 @@ class RedisBudgetLedger:
     ) -> ReserveResult:
         keys = [self._key(partition, "reservation", reservation_id)]
         for rule in rules:
-            keys += self._budget_keys(partition, rule.key)
-        ttl_ms = max(1, math.ceil(ttl_s * 1000))
+            keys += self._key.budget(partition, rule.key)
         args: list[str | int] = [
             reservation_id,
             amount_nano,
-            ttl_ms,
+            _ttl_ms(ttl_s),
             *(rule.limit_nano for rule in rules),
         ]
         with store_errors():
             reply: list[int] = await self._reserve(keys=keys, args=args)
-        if reply[0] == 0:
-            return ReserveResult(ok=True)
-        if reply[0] == _NOT_SEEDED:
-            unseeded = dict.fromkeys(rules[i - 1].key for i in reply[1:])
-            return ReserveResult(ok=False, unseeded=tuple(unseeded))
-        refused = rules[reply[0] - 1]
-        state = BudgetState(refused.key, int(reply[1]), int(reply[2]))
-        return ReserveResult(ok=False, refused=refused, state=state)
+        return _reserve_result(rules, reply)
 
     async def settle(
         self, partition: str, reservation_id: str, actual_nano: int, keys: Sequence[str]
     ) -> bool:
         record = self._key(partition, "reservation", reservation_id)
-        spent = [self._budget_keys(partition, key)[0] for key in keys]
+        spent = [self._key.budget(partition, key)[0] for key in keys]
         args: list[str | int] = [reservation_id, actual_nano, SETTLED_TTL_S * 1000]
         with store_errors():
             released: int = await self._settle(keys=[record, *spent], args=args)
         return released == 1
 
     async def seed(self, partition: str, key: str, spent_nano: int, *, ttl_s: int | None) -> None:
-        spent = self._budget_keys(partition, key)[0]
+        spent = self._key.budget(partition, key)[0]
         with store_errors():
             await self._client.set(spent, spent_nano, nx=True, ex=ttl_s)
 
     async def state(self, partition: str, key: str) -> BudgetState | None:
         with store_errors():
-            reply: list[int] | None = await self._state(keys=self._budget_keys(partition, key))
+            reply: list[int] | None = await self._state(keys=self._key.budget(partition, key))
         if reply is None:
             return None
         return BudgetState(key, int(reply[0]), int(reply[1]))
@@ -262,15 +297,114 @@ class RedisBudgetLedger:
         return None
 
 
+# Admissions: the three kinds at once ------------------------------------------------------
+
+_ADMITTED, _RATE_REFUSED, _SLOT_REFUSED, _BUDGET_REFUSED = 0, 1, 2, 3
+
+
+class RedisAdmissions:
+    """`ADMIT` and `FINISH`: one round trip each. The leases it takes are renewed by
+    `slots` (the process's `RedisSlotLimiter`), like those `slots.acquire` takes."""
+
+    def __init__(self, client: Redis, *, key_prefix: str, slots: RedisSlotLimiter) -> None:
+        self._key = _Keys(key_prefix)
+        self._slots = slots
+        self._admit = client.register_script(ADMIT)
+        self._finish = client.register_script(FINISH)
+
+    async def admit(
+        self,
+        partition: str,
+        lease_id: str,
+        rates: Sequence[RateRule],
+        slots: Sequence[SlotRule],
+        budgets: Sequence[BudgetRule],
+        amount_nano: int,
+        *,
+        budget_ttl_s: float,
+    ) -> AdmitResult:
+        gcra.validate(rates)
+        slot_keys = [self._key(partition, "slots", rule.key) for rule in slots]
+        keys = [self._key(partition, "rate", rule.key) for rule in rates]
+        keys += [self._key(partition, "lease", lease_id), *slot_keys]
+        keys.append(self._key(partition, "reservation", lease_id))
+        for rule in budgets:
+            keys += self._key.budget(partition, rule.key)
+        args: list[str | int | float] = [
+            len(rates),
+            len(slots),
+            len(budgets),
+            lease_id,
+            self._slots.lease_ttl_ms,
+            _ttl_ms(budget_ttl_s),
+            amount_nano,
+            *_rate_args(rates),
+            *(rule.limit for rule in slots),
+            *(rule.limit_nano for rule in budgets),
+        ]
+        with store_errors():
+            status, rate_reply, detail = await self._admit(keys=keys, args=args)
+        decisions = tuple(_rate_decisions(rates, rate_reply))
+        if status == _RATE_REFUSED:
+            return AdmitResult(decisions)
+        if status == _SLOT_REFUSED:
+            refused = SlotDecision(
+                allowed=False, refused=slots[detail[0] - 1], in_use=int(detail[1])
+            )
+            return AdmitResult(decisions, refused)
+        if status == _BUDGET_REFUSED:
+            return AdmitResult(decisions, _TAKEN, _reserve_result(budgets, detail))
+        if slot_keys:
+            self._slots.track(partition, lease_id, slot_keys)
+        return AdmitResult(decisions, _TAKEN, ReserveResult(ok=True))
+
+    async def finish(
+        self,
+        partition: str,
+        lease_id: str,
+        *,
+        slots: bool,
+        reservation_id: str | None,
+        actual_nano: int,
+        budget_keys: Sequence[str],
+    ) -> None:
+        if not slots and reservation_id is None:
+            return
+        slot_keys = self._slots.untrack(partition, lease_id) if slots else ()
+        keys = [self._key(partition, "lease", lease_id), *slot_keys]
+        if reservation_id is not None:
+            keys.append(self._key(partition, "reservation", reservation_id))
+            keys += [self._key.budget(partition, key)[0] for key in budget_keys]
+        args: list[str | int] = [
+            len(slot_keys),
+            int(slots),
+            int(reservation_id is not None),
+            lease_id,
+            reservation_id or "",
+            actual_nano,
+            SETTLED_TTL_S * 1000,
+        ]
+        with store_errors():
+            await self._finish(keys=keys, args=args)
+
+    async def close(self) -> None:
+        return None
+
+
+_TAKEN = SlotDecision(allowed=True)
+
+
 def redis_limit_stores(
     url: str, *, key_prefix: str, lease_ttl_s: float = 60.0, max_connections: int = MAX_CONNECTIONS
 ) -> LimitStores:
-    """The four Redis stores of one process on one client (no I/O until the first call)."""
+    """The Redis stores of one process on one client (no I/O until the first call)."""
     client = connect(url, max_connections=max_connections)
+    slots = RedisSlotLimiter(client, key_prefix=key_prefix, lease_ttl_s=lease_ttl_s)
     return LimitStores(
         rates=RedisRateLimiter(client, key_prefix=key_prefix),
-        slots=RedisSlotLimiter(client, key_prefix=key_prefix, lease_ttl_s=lease_ttl_s),
+        slots=slots,
         budgets=RedisBudgetLedger(client, key_prefix=key_prefix),
+        admissions=RedisAdmissions(client, key_prefix=key_prefix, slots=slots),
         counter=RedisWindowCounter(client, key_prefix=key_prefix),
         redis=client,
     )

@@ -28,16 +28,17 @@ from chatplane.errors import (
 )
 from chatplane.limits.models import Budget, TenantLimits
 from chatplane.limits.protocol import (
-    BudgetLedger,
+    AdmitResult,
     BudgetRule,
     RateDecision,
-    RateLimiter,
     RateRule,
-    SlotLimiter,
+    ReserveResult,
+    SlotDecision,
     SlotRule,
     from_nano,
     to_nano,
 )
+from chatplane.limits.stores import LimitStores
 from chatplane.observability import metrics
 from chatplane.settings import Settings
 from chatplane.usage.models import UsageRecord
@@ -191,17 +192,17 @@ class LimitService:
         self,
         settings: Settings,
         db: Database,
+        stores: LimitStores,
         *,
-        rates: RateLimiter,
-        slots: SlotLimiter,
-        budgets: BudgetLedger,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
+        """`stores.admissions` does the three stores' work of `admit` and `finish` in one
+        step each; the single stores serve the per-address checks and the budget seeding."""
         self.settings = settings
         self.db = db
-        self.rates = rates
-        self.slots = slots
-        self.budgets = budgets
+        self.rates = stores.rates
+        self.budgets = stores.budgets
+        self.admissions = stores.admissions
         self._policies: TTLCache[str, TenantPolicy] = TTLCache(ttl_s=POLICY_TTL_S)
         self._loading: dict[str, asyncio.Future[TenantPolicy]] = {}
         self._now = now
@@ -339,16 +340,7 @@ class LimitService:
             return None
         decision = tightest(decisions)
         if decision is not None and not decision.allowed:
-            _refused("rate", decision.rule.name)
-            retry = max(1, math.ceil(decision.retry_after_s))
-            what = "tokens" if decision.rule.name.endswith("tpm") else "requests"
-            raise TooManyRequests(
-                f"Too many {what} for this {_scope_word(decision.rule.name)}; retry in {retry} s",
-                code="rate_limited",
-                retry_after=retry,
-                limit=decision.rule.name,
-                _headers=dict(rate_headers_text(decision)),
-            )
+            raise _rate_refusal(decision)
         return decision
 
     def _store_down(self, kind: str, zone: str) -> None:
@@ -375,27 +367,108 @@ class LimitService:
         concurrent: bool = True,
     ) -> Admission:
         """Rate (requests and tokens), a concurrency slot, and a budget reservation of the
-        worst-case cost, all or nothing. `Admission.finish(actual)` gives back the slot and
-        settles the reservation when the call ends, however it ends."""
+        worst-case cost, all or nothing, in one step of the limit stores: a refused
+        request takes nothing. `Admission.finish(actual)` gives back the slot and settles
+        the reservation when the call ends, however it ends."""
         policy = await self.policy(principal.tenant_id)
         limits = self.effective(policy, principal.api_key_id)
         admission = Admission(self, principal.tenant_id, lease_id)
-        rules = self._rate_rules(principal, limits, requests=count_request, tokens=tokens)
-        if rules:
-            admission.decision = await self._check(principal.tenant_id, rules, zone)
-        slot_rules = self._slot_rules(principal, limits) if concurrent else []
-        if slot_rules:
-            admission.slots = await self._acquire(principal.tenant_id, lease_id, slot_rules, zone)
+        rates = self._rate_rules(principal, limits, requests=count_request, tokens=tokens)
+        slots = self._slot_rules(principal, limits) if concurrent else []
+        budgets = self._budget_rules(principal, policy)
+        if not (rates or slots or budgets):
+            return admission
+        amount = to_nano(worst_cost_usd)
         try:
-            budget_rules = self._budget_rules(principal, policy)
-            if budget_rules:
-                admission.reservation = await self._reserve(
-                    principal.tenant_id, lease_id, budget_rules, to_nano(worst_cost_usd)
-                )
+            result = await self._admit_seeded(admission, rates, slots, budgets, amount)
+        except ServiceUnavailable as exc:
+            self._admission_store_down(zone, rates=bool(rates), slots=bool(slots), exc=exc)
+            if budgets:
+                raise ServiceUnavailable(
+                    "Budgets cannot be checked right now; retry shortly",
+                    code="limits_unavailable",
+                    retry_after=2,
+                ) from exc
+            return admission  # the zone fails open and no budget applies
+        decision = tightest(result.rates)
+        if decision is not None and not decision.allowed:
+            raise _rate_refusal(decision)
+        if result.slots is not None and not result.slots.allowed:
+            raise _slot_refusal(result.slots)
+        if result.budget is not None and not result.budget.ok:
+            raise _budget_refusal(result.budget, amount)
+        admission.decision = decision
+        admission.slots = bool(slots)
+        if budgets:
+            keys = tuple(rule.key for rule in budgets)
+            admission.reservation = Reservation(principal.tenant_id, lease_id, keys, amount)
+        return admission
+
+    async def _admit_seeded(
+        self,
+        admission: Admission,
+        rates: Sequence[RateRule],
+        slots: Sequence[SlotRule],
+        budgets: Sequence[BudgetRule],
+        amount: int,
+    ) -> AdmitResult:
+        """The combined admission; when a budget counter is missing (nothing was taken),
+        seed it from the usage records and try once more."""
+        result = await self._admit_once(admission, rates, slots, budgets, amount)
+        unseeded = result.budget.unseeded if result.budget is not None else ()
+        if not unseeded:
+            return result
+        for key in unseeded:
+            rule = next(r for r in budgets if r.key == key)
+            spent = await self._spent(key)
+            await self.budgets.seed(admission.tenant_id, key, spent, ttl_s=rule.ttl_s)
+        return await self._admit_once(admission, rates, slots, budgets, amount)
+
+    async def _admit_once(
+        self,
+        admission: Admission,
+        rates: Sequence[RateRule],
+        slots: Sequence[SlotRule],
+        budgets: Sequence[BudgetRule],
+        amount: int,
+    ) -> AdmitResult:
+        tenant_id, lease_id = admission.tenant_id, admission.lease_id
+        try:
+            return await self.admissions.admit(
+                tenant_id,
+                lease_id,
+                rates,
+                slots,
+                budgets,
+                amount,
+                budget_ttl_s=float(self.settings.budget_reservation_ttl_s),
+            )
+        except ServiceUnavailable:
+            raise
         except BaseException:
+            # Cancelled in flight: the script may have run. Give back what it may have
+            # taken, so nothing waits for its expiry.
+            admission.slots = bool(slots)
+            if budgets:
+                keys = tuple(rule.key for rule in budgets)
+                admission.reservation = Reservation(tenant_id, lease_id, keys, amount)
             await admission.finish(0.0)
             raise
-        return admission
+
+    def _admission_store_down(
+        self, zone: str, *, rates: bool, slots: bool, exc: ServiceUnavailable
+    ) -> None:
+        """The combined call failed: rate and slot limits follow the zone (a 503 where it
+        fails closed); budgets always fail closed (the caller's 503)."""
+        kind = "rate" if rates else "concurrency" if slots else "budget"
+        log.warning("limit_store_unreachable", kind=kind, zone=zone)
+        _count_store_error(kind)
+        if (rates or slots) and zone not in self._fail_open:
+            raise ServiceUnavailable(
+                "Limits cannot be checked right now; retry shortly",
+                code="limits_unavailable",
+                retry_after=2,
+            ) from exc
 
     async def meters(self, principal: Principal) -> bool:
         """Whether admitting a call of this principal needs its token count and worst-case
@@ -419,28 +492,6 @@ class LimitService:
             rules.append(SlotRule(key, limits.tenant_max_concurrent, "tenant_concurrency"))
         return rules
 
-    async def _acquire(
-        self, tenant_id: str, lease_id: str, rules: Sequence[SlotRule], zone: str
-    ) -> bool:
-        try:
-            decision = await self.slots.acquire(tenant_id, lease_id, rules)
-        except ServiceUnavailable:
-            self._store_down("concurrency", zone)
-            return False
-        if not decision.allowed:
-            refused = decision.refused
-            name = refused.name if refused else "concurrency"
-            _refused("concurrency", name)
-            limit = refused.limit if refused else 0
-            raise TooManyRequests(
-                f"Too many requests at once for this {_scope_word(name)} "
-                f"(at most {limit}); retry when one ends",
-                code="too_many_concurrent",
-                retry_after=1,
-                limit=name,
-            )
-        return True
-
     def _budget_rules(self, principal: Principal, policy: TenantPolicy) -> list[BudgetRule]:
         subjects = [("tenant", principal.tenant_id), ("user", principal.user_id)]
         if principal.api_key_id is not None:
@@ -459,43 +510,6 @@ class LimitService:
                     )
                 )
         return rules
-
-    async def _reserve(
-        self, tenant_id: str, reservation_id: str, rules: Sequence[BudgetRule], amount: int
-    ) -> Reservation:
-        ttl = float(self.settings.budget_reservation_ttl_s)
-        try:
-            result = await self.budgets.reserve(tenant_id, reservation_id, amount, rules, ttl_s=ttl)
-            if result.unseeded:
-                for key in result.unseeded:
-                    rule = next(r for r in rules if r.key == key)
-                    spent = await self._spent(key)
-                    await self.budgets.seed(tenant_id, key, spent, ttl_s=rule.ttl_s)
-                result = await self.budgets.reserve(
-                    tenant_id, reservation_id, amount, rules, ttl_s=ttl
-                )
-        except ServiceUnavailable as exc:
-            log.warning("limit_store_unreachable", kind="budget")
-            _count_store_error("budget")
-            raise ServiceUnavailable(
-                "Budgets cannot be checked right now; retry shortly",
-                code="limits_unavailable",
-                retry_after=2,
-            ) from exc
-        if not result.ok:
-            refused = result.refused
-            name = refused.name if refused else "budget"
-            _refused("budget", name)
-            extra: dict[str, Any] = {"budget": name}
-            if refused is not None and result.state is not None:
-                extra["limit_usd"] = from_nano(refused.limit_nano)
-                extra["spent_usd"] = from_nano(result.state.spent_nano)
-            raise BudgetExceeded(
-                f"The {_budget_words(name)} budget does not cover this request "
-                f"(its worst case is {from_nano(amount):.6f} USD)",
-                **extra,
-            )
-        return Reservation(tenant_id, reservation_id, tuple(r.key for r in rules), amount)
 
     async def budget_usage(self, tenant_id: str, key: str) -> tuple[int, int]:
         """Spent and reserved nano-USD under a budget key now (from the usage records when
@@ -533,17 +547,25 @@ class LimitService:
         reservation: Reservation | None,
         actual_cost_usd: float,
     ) -> None:
-        """Give back the slot and settle the reservation. Never raises: a store that is
-        down now lets the lease and the reservation expire by themselves."""
-        if slots:
-            try:
-                await self.slots.release(tenant_id, lease_id)
-            except ServiceUnavailable:
-                _count_store_error("concurrency")
-                log.warning("slot_release_failed", lease_id=lease_id)
-        if reservation is not None:
-            await self.settle(
-                tenant_id, reservation.reservation_id, reservation.keys, actual_cost_usd
+        """Give back the slot and settle the reservation, in one step. Never raises: a store
+        that is down now lets the lease and the reservation expire by themselves."""
+        if not slots and reservation is None:
+            return
+        try:
+            await self.admissions.finish(
+                tenant_id,
+                lease_id,
+                slots=slots,
+                reservation_id=reservation.reservation_id if reservation else None,
+                actual_nano=to_nano(actual_cost_usd),
+                budget_keys=reservation.keys if reservation else (),
+            )
+        except ServiceUnavailable:
+            _count_store_error("budget" if reservation else "concurrency")
+            log.warning(
+                "limit_finish_failed",
+                lease_id=lease_id,
+                reservation_id=reservation.reservation_id if reservation else None,
             )
 
     async def settle(
@@ -563,6 +585,48 @@ def _period_start(kind: str, value: str) -> datetime:
     if kind == "day":
         return datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=UTC)
     return datetime.strptime(value + "-01", "%Y-%m-%d").replace(tzinfo=UTC)
+
+
+def _rate_refusal(decision: RateDecision) -> TooManyRequests:
+    _refused("rate", decision.rule.name)
+    retry = max(1, math.ceil(decision.retry_after_s))
+    what = "tokens" if decision.rule.name.endswith("tpm") else "requests"
+    return TooManyRequests(
+        f"Too many {what} for this {_scope_word(decision.rule.name)}; retry in {retry} s",
+        code="rate_limited",
+        retry_after=retry,
+        limit=decision.rule.name,
+        _headers=dict(rate_headers_text(decision)),
+    )
+
+
+def _slot_refusal(decision: SlotDecision) -> TooManyRequests:
+    refused = decision.refused
+    name = refused.name if refused else "concurrency"
+    _refused("concurrency", name)
+    limit = refused.limit if refused else 0
+    return TooManyRequests(
+        f"Too many requests at once for this {_scope_word(name)} "
+        f"(at most {limit}); retry when one ends",
+        code="too_many_concurrent",
+        retry_after=1,
+        limit=name,
+    )
+
+
+def _budget_refusal(result: ReserveResult, amount: int) -> BudgetExceeded:
+    refused = result.refused
+    name = refused.name if refused else "budget"
+    _refused("budget", name)
+    extra: dict[str, Any] = {"budget": name}
+    if refused is not None and result.state is not None:
+        extra["limit_usd"] = from_nano(refused.limit_nano)
+        extra["spent_usd"] = from_nano(result.state.spent_nano)
+    return BudgetExceeded(
+        f"The {_budget_words(name)} budget does not cover this request "
+        f"(its worst case is {from_nano(amount):.6f} USD)",
+        **extra,
+    )
 
 
 def _scope_word(name: str) -> str:

@@ -9,11 +9,12 @@ from typing import TYPE_CHECKING
 from chatplane.limits.counters import MemoryWindowCounter, WindowCounter
 from chatplane.limits.memory import (
     Clock,
+    MemoryAdmissions,
     MemoryBudgetLedger,
     MemoryRateLimiter,
     MemorySlotLimiter,
 )
-from chatplane.limits.protocol import BudgetLedger, RateLimiter, SlotLimiter
+from chatplane.limits.protocol import Admissions, BudgetLedger, RateLimiter, SlotLimiter
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -24,12 +25,13 @@ class LimitStores:
     rates: RateLimiter
     slots: SlotLimiter
     budgets: BudgetLedger
+    admissions: Admissions  # the three above in one step, on the same counts
     counter: WindowCounter
     redis: Redis | None = None  # the client the Redis stores share, closed after them
 
     async def close(self) -> None:
         try:
-            for store in (self.slots, self.rates, self.budgets, self.counter):
+            for store in (self.admissions, self.slots, self.rates, self.budgets, self.counter):
                 await store.close()
         finally:
             if self.redis is not None:
@@ -37,9 +39,13 @@ class LimitStores:
 
 
 def memory_limit_stores(*, clock: Clock = time.monotonic) -> LimitStores:
+    rates = MemoryRateLimiter(clock=clock)
+    slots = MemorySlotLimiter()
+    budgets = MemoryBudgetLedger(clock=clock)
     return LimitStores(
-        rates=MemoryRateLimiter(clock=clock),
-        slots=MemorySlotLimiter(),
-        budgets=MemoryBudgetLedger(clock=clock),
+        rates=rates,
+        slots=slots,
+        budgets=budgets,
+        admissions=MemoryAdmissions(rates, slots, budgets),
         counter=MemoryWindowCounter(),
     )
