@@ -9,10 +9,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.api.conftest import MOCK_CHUNK_DELAY_MS, Shape, fake_openai, shape  # noqa: F401
-from tests.api.live import LiveServer, start_live_server
-from tests.broker.support import delete_keys, require_redis
-from tests.conftest import make_settings
+from tests.api.conftest import Shape, fake_openai, shape, shape_server  # noqa: F401
+from tests.api.live import LiveServer
 from tests.providers.fakes import FakeOpenAI
 
 
@@ -22,20 +20,10 @@ async def live(
     tmp_path_factory: pytest.TempPathFactory,
     fake_openai: FakeOpenAI,  # noqa: F811
 ) -> AsyncIterator[LiveServer]:
-    if shape.redis_url:
-        await require_redis()
-    settings = make_settings(
+    async with shape_server(
+        shape,
         tmp_path_factory.mktemp(f"live-admin-{shape.name}"),
-        database_url=shape.database_url,
-        redis_url=shape.redis_url,
-        redis_prefix=shape.redis_prefix,
-        mock_chunk_delay_ms=MOCK_CHUNK_DELAY_MS,
-        openai_base_url=fake_openai.base_url,
-        # Tests speak through "a proxy" on loopback, so each can be its own client IP.
-        trusted_proxies=["127.0.0.1"],
-    )
-    server = await start_live_server(settings, email=f"admin-suite.{shape.name}@example.com")
-    yield server
-    await server.stop()
-    if shape.redis_url:
-        await delete_keys(shape.redis_prefix)
+        fake_openai,
+        email=f"admin-suite.{shape.name}@example.com",
+    ) as server:
+        yield server

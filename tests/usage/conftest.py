@@ -8,10 +8,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.api.conftest import MOCK_CHUNK_DELAY_MS, Shape, fake_openai, shape  # noqa: F401
-from tests.api.live import LiveServer, start_live_server
-from tests.broker.support import delete_keys, require_redis
-from tests.conftest import make_settings
+from tests.api.conftest import Shape, fake_openai, shape, shape_server  # noqa: F401
+from tests.api.live import LiveServer
 from tests.providers.fakes import FakeOpenAI
 
 # USD per million tokens of the upstream model, from CHATPLANE_MODEL_PRICES.
@@ -24,20 +22,11 @@ async def live(
     tmp_path_factory: pytest.TempPathFactory,
     fake_openai: FakeOpenAI,  # noqa: F811
 ) -> AsyncIterator[LiveServer]:
-    if shape.redis_url:
-        await require_redis()
-    settings = make_settings(
+    async with shape_server(
+        shape,
         tmp_path_factory.mktemp(f"live-usage-{shape.name}"),
-        database_url=shape.database_url,
-        redis_url=shape.redis_url,
-        redis_prefix=shape.redis_prefix,
-        mock_chunk_delay_ms=MOCK_CHUNK_DELAY_MS,
-        openai_base_url=fake_openai.base_url,
+        fake_openai,
+        email=f"usage-suite.{shape.name}@example.com",
         model_prices={"gpt-fake": list(GPT_FAKE_PRICE)},
-        trusted_proxies=["127.0.0.1"],
-    )
-    server = await start_live_server(settings, email=f"usage-suite.{shape.name}@example.com")
-    yield server
-    await server.stop()
-    if shape.redis_url:
-        await delete_keys(shape.redis_prefix)
+    ) as server:
+        yield server
