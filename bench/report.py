@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 
 from bench.limits import LIMITS
+from bench.observability import OBSERVABILITY
 from bench.scenarios import (
     NATIVE,
     NATIVE_SCALED,
@@ -34,6 +35,9 @@ TARGET_SSE_KIB_PER_STREAM = 40.0
 # What the limit checks (per address, rates, a slot, a budget reservation) may add to one
 # request, p99, with Redis on loopback.
 TARGET_LIMITS_P99_MS = 1.0
+# What the HTTP metrics and the access log may add to one request, p99 (`HttpMiddleware`
+# over the bare app, called directly).
+TARGET_OBSERVABILITY_P99_MS = 0.5
 # Cores of other work (or hypervisor steal) during a run above which it is called noisy.
 NOISY_CORES = 0.1
 
@@ -103,6 +107,8 @@ def targets(
         return _sse_targets(result)
     if scenario == LIMITS:
         return _limits_targets(result)
+    if scenario == OBSERVABILITY:
+        return _observability_targets(result)
     if scenario == NATIVE_SCALED:
         return []  # no target is stated for the scaled shape; idle RSS is per process
     checks = [
@@ -176,6 +182,21 @@ def _limits_targets(result: Mapping[str, Any]) -> list[dict[str, Any]]:
     if redis is None:
         note += f"; skipped: {result['limits']['redis_skipped']}"
     return [_target("limits_request_p99_ms_redis", TARGET_LIMITS_P99_MS, measured, note)]
+
+
+def _observability_targets(result: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """p99 of `HttpMiddleware` with metrics and access log over the bare app, the worst
+    of the shapes (plain, stream) and Prometheus modes (single, multiprocess)."""
+    direct = result["observability"]["direct"]
+    worst_us = max(
+        shape["over_bare_us"]["metrics+log"]["p99"]
+        for mode in direct.values()
+        for shape in mode["shapes"].values()
+    )
+    note = "HttpMiddleware (metrics + JSON access log) over the bare app, direct, worst case"
+    return [
+        _target("observability_request_p99_ms", TARGET_OBSERVABILITY_P99_MS, worst_us / 1000, note)
+    ]
 
 
 def write_json(directory: Path, scenario: str, stamp: str, document: Mapping[str, Any]) -> Path:
@@ -273,6 +294,8 @@ def notes(results: Mapping[str, Mapping[str, Any]]) -> str:
             lines.extend(_sse_lines(result))
         if scenario == LIMITS:
             lines.extend(limits_lines(result))
+        if scenario == OBSERVABILITY:
+            lines.extend(observability_lines(result))
         measured = [(name, run["machine_cpu"]) for name, run in result["runs"].items()]
         if "sse_idle" in result:
             measured.append(("idle window", result["sse_idle"]["machine_cpu"]))
@@ -353,6 +376,47 @@ def limits_lines(result: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def observability_lines(result: Mapping[str, Any]) -> list[str]:
+    """Each direct variant's µs per call and what it adds over the bare app, the access
+    log lines written, and the end-to-end difference."""
+    block = result["observability"]
+    lines = [
+        f"{'observability direct, us':>34} {'p50':>7} {'p99':>7} {'max':>8} "
+        f"{'+p50':>7} {'+p99':>7} {'cpu/req':>8}"
+    ]
+    for mode, direct in block["direct"].items():
+        for shape, measured in direct["shapes"].items():
+            for name, variant in measured["variants"].items():
+                us = variant["us"]
+                over = measured["over_bare_us"].get(name, {"p50": 0.0, "p99": 0.0})
+                label = f"{mode} {shape} {name}"
+                lines.append(
+                    f"{label:>34} {us['p50']:>7.2f} {us['p99']:>7.2f} {us['max']:>8.2f} "
+                    f"{over['p50']:>+7.2f} {over['p99']:>+7.2f} "
+                    f"{variant['cpu_us_per_request']:>8.2f}"
+                )
+                if variant["errors"]:
+                    lines.append(f"    errors: {variant['error_kinds']}")
+        if _noisy(direct["machine_cpu"]):
+            lines.append(
+                f"    warning: other processes used {direct['machine_cpu']['other_cores']} "
+                f"cores during the {mode} direct run; its tails are disturbed"
+            )
+        log = direct["access_log"]
+        lines.append(
+            f"observability {mode}: {log['lines']}/{log['lines_expected']} access log lines "
+            f"written ({_cell(log['bytes_per_line'])} bytes each)"
+        )
+    added = block["end_to_end"]
+    lines.append(
+        "observability end to end, access log on minus off: total p50 "
+        f"{_signed(added['total_ms_p50'])} ms, p99 {_signed(added['total_ms_p99'])} ms; ttft "
+        f"p50 {_signed(added['ttft_ms_p50'])} ms, p99 {_signed(added['ttft_ms_p99'])} ms; "
+        f"server CPU {_signed(added['cpu_ms_per_request'])} ms/req"
+    )
+    return lines
+
+
 def _signed(value: float | None) -> str:
     return "-" if value is None else f"{value:+.3f}"
 
@@ -427,7 +491,7 @@ def server_lines(
             lines.append(
                 f"{name}: {own['shape']}; ready in {own['ready_s']:.2f} s; idle RSS MB: {idle}"
             )
-        elif name == LIMITS:
+        elif name in (LIMITS, OBSERVABILITY):
             lines.extend(
                 f"{name} {run}: chatplane pid {each['pid']}: ready in {each['ready_s']:.2f} s, "
                 f"idle RSS {each['idle_rss_mb']:.1f} MB"

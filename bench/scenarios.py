@@ -10,10 +10,14 @@
 - `limits`: what the rate, concurrency and budget checks add per request, in-process and on
   Redis: the limit service called directly, and `/v1` with the limits on vs off
   (`bench/limits.py`).
+- `observability`: what the Prometheus HTTP metrics and the access log cost per request:
+  `HttpMiddleware` called directly (in-process and multi-process metrics), and `/v1` with
+  the access log off vs on (`bench/observability.py`).
 
 One embedded chatplane server (and the fake upstream, when the passthrough runs) serves
 `v1-mock`, `v1-passthrough` and `native`; CPU time is read per measured phase, so scenarios
-do not mix. `native-scaled`, `sse-idle` and `limits` start (and stop) their own processes.
+do not mix. `native-scaled`, `sse-idle`, `limits` and `observability` start (and stop) their
+own processes.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from bench.bare import start_bare
 from bench.clients import ChatCompletionStream, NativeTurn
 from bench.limits import LIMITS, measure_limits
 from bench.loadgen import RequestFn, Sample, client_session, run_load
+from bench.observability import OBSERVABILITY, measure_observability
 from bench.procs import ManagedProcess, SystemCpu, free_port, system_cpu
 from bench.profile import Profiler
 from bench.scaled import scaled_shape
@@ -51,7 +56,7 @@ SCENARIOS = (V1_MOCK, V1_PASSTHROUGH, NATIVE)
 EMBEDDED_SCENARIOS = SCENARIOS
 # Named groups of scenarios besides `all`.
 GROUPS: dict[str, tuple[str, ...]] = {"shapes": (NATIVE, NATIVE_SCALED)}
-ALL_SCENARIOS = (*SCENARIOS, NATIVE_SCALED, SSE_IDLE, LIMITS)
+ALL_SCENARIOS = (*SCENARIOS, NATIVE_SCALED, SSE_IDLE, LIMITS, OBSERVABILITY)
 MOCK_MODEL = "mock"
 FLOOR_RUN = "bare-asgi"
 KIB_PER_MB = 1024
@@ -362,6 +367,10 @@ async def run_limits(env: BenchEnvironment, options: BenchOptions) -> dict[str, 
     return await measure_limits(env.workdir / "limits", options, measure)
 
 
+async def run_observability(env: BenchEnvironment, options: BenchOptions) -> dict[str, Any]:
+    return await measure_observability(env.workdir / "observability", options, measure)
+
+
 ScenarioFn = Callable[[BenchEnvironment, BenchOptions], Awaitable[dict[str, Any]]]
 RUNNERS: dict[str, ScenarioFn] = {
     V1_MOCK: run_v1_mock,
@@ -370,4 +379,5 @@ RUNNERS: dict[str, ScenarioFn] = {
     NATIVE_SCALED: run_native_scaled,
     SSE_IDLE: run_sse_idle,
     LIMITS: run_limits,
+    OBSERVABILITY: run_observability,
 }

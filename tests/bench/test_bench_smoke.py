@@ -16,6 +16,7 @@ import pytest
 import redis.asyncio as aioredis
 from bench.clients import SseReader
 from bench.limits import STORE_CALLS
+from bench.observability import DIRECT_REQUESTS_FACTOR, MODES, SHAPES, VARIANTS
 from bench.run import run_bench
 from bench.scaled import PG_ADMIN_DSN, REDIS_URL, redis_reachable, services_reachable
 from bench.scenarios import SCENARIOS, BenchOptions
@@ -178,6 +179,54 @@ async def test_limits_runs_direct_and_end_to_end(tmp_path: Path) -> None:
         prefixes += [s["redis_prefix"] for s in document["server"]["servers"].values()]
         for prefix in filter(None, prefixes):
             assert not await _redis_keys(prefix)
+
+
+async def test_observability_runs_direct_and_end_to_end(tmp_path: Path) -> None:
+    lines: list[str] = []
+
+    results = await run_bench(
+        "observability", TINY, results_dir=tmp_path, workdir=tmp_path / "work", echo=lines.append
+    )
+
+    document = results["observability"]
+    assert set(document) >= DOCUMENT_KEYS | {"observability", "targets"}
+    assert document["errors"] == 0
+    assert set(document["runs"]) == {"access-log-off", "access-log-on"}
+    for run in document["runs"].values():
+        assert set(run) >= RUN_KEYS
+        assert run["errors"] == 0, run["error_kinds"]
+        assert run["requests_ok"] == TINY.requests
+        assert run["chunks_per_request"] == TINY.chunks
+    # The access log is written only when it is on: a line per request, warm-up included.
+    assert document["runs"]["access-log-off"]["access_log_lines"] == 0
+    assert document["runs"]["access-log-on"]["access_log_lines"] >= TINY.warmup + TINY.requests
+    block = document["observability"]
+    assert set(block["direct"]) == set(MODES)
+    for mode, direct in block["direct"].items():
+        assert direct["mode"] == mode
+        assert (direct["multiproc_dir"] is not None) == (mode == "multiprocess")
+        assert direct["errors"] == 0
+        assert set(direct["shapes"]) == set(SHAPES)
+        for shape in direct["shapes"].values():
+            assert set(shape["variants"]) == set(VARIANTS)
+            for variant in shape["variants"].values():
+                assert variant["errors"] == 0, variant["error_kinds"]
+                assert variant["requests_ok"] == TINY.requests * DIRECT_REQUESTS_FACTOR
+                assert set(variant["us"]) >= {"p50", "p99", "max"}
+            assert set(shape["over_bare_us"]) == set(VARIANTS) - {"bare"}
+            assert set(shape["parts_us"]) == {"middleware", "metrics", "access_log"}
+        log = direct["access_log"]
+        assert log["lines"] == log["lines_expected"] > 0
+        assert direct["profile_stream_metrics_log"]["top_own"]
+    assert block["direct"]["multiprocess"]["multiproc_files"]
+    assert {"total_ms_p99", "ttft_ms_p99", "cpu_ms_per_request"} <= set(block["end_to_end"])
+    [target] = document["targets"]
+    assert target["name"] == "observability_request_p99_ms"
+    assert target["measured"] is not None
+    assert "observability end to end" in "\n".join(lines)
+    assert _written(tmp_path, "observability")["scenario"] == "observability"
+    for server in document["server"]["servers"].values():
+        assert not _running(server["pid"])
 
 
 def _running(pid: int) -> bool:
