@@ -7,6 +7,7 @@ import sys
 from collections.abc import MutableMapping
 from typing import Any
 
+import orjson
 import structlog
 
 from chatplane.settings import Settings
@@ -29,6 +30,12 @@ def _redactor(log_content: bool) -> structlog.types.Processor:
     return redact
 
 
+def _json(event: Any, **_: Any) -> str:
+    """orjson for the JSON lines: about a third of the cost of a line with `json.dumps`.
+    Values it does not know (exceptions, paths) become their `str`."""
+    return orjson.dumps(event, default=str).decode()
+
+
 def configure_logging(settings: Settings) -> None:
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -37,7 +44,7 @@ def configure_logging(settings: Settings) -> None:
         _redactor(settings.log_content),
     ]
     renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer()
+        structlog.processors.JSONRenderer(serializer=_json)
         if settings.log_json
         else structlog.dev.ConsoleRenderer(
             colors=sys.stderr.isatty(),
