@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 RUN_STAMP := $(VENV)/.installed-run
 
-.PHONY: run test lint format bench install install-dev browser promtool clean
+.PHONY: run test lint format bench install install-dev browser promtool nginx clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,7 +41,10 @@ browser:
 promtool:
 	scripts/ensure-promtool.sh
 
-test: lint browser promtool
+nginx:
+	scripts/ensure-nginx.sh
+
+test: lint browser promtool nginx
 	$(BIN)/pytest
 
 bench: $(RUN_STAMP)

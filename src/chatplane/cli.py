@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
@@ -372,6 +373,46 @@ def ops_dead_letters(
         as_json,
         "dead-letters",
     )
+
+
+@cli.command()
+def backup(
+    path: Path = typer.Argument(..., help="A directory (a dated archive goes in it) or a .tar"),
+    keep: int | None = typer.Option(
+        None, "--keep", min=1, help="Then keep only the N newest archives of this database there"
+    ),
+) -> None:
+    """Back up the database (online), the secret key file and uploads into one archive."""
+    from chatplane.backup import create_backup
+
+    result = run(create_backup(load_settings(), path, keep=keep))
+    manifest = result.manifest
+    typer.echo(
+        f"backed up the {manifest.shape} database at revision {manifest.schema_revision} "
+        f"({len(manifest.files)} files)",
+        err=True,
+    )
+    for pruned in result.pruned:
+        typer.echo(f"removed the older archive {pruned}", err=True)
+    typer.echo(str(result.path))
+
+
+@cli.command()
+def restore(
+    path: Path = typer.Argument(..., help="An archive made by `chatplane backup`"),
+    force: bool = typer.Option(False, "--force", help="Replace a database that holds data"),
+) -> None:
+    """Restore an archive, verified first; stop chatplane before (SQLite refuses otherwise)."""
+    from chatplane.backup import restore_backup
+
+    result = run(restore_backup(load_settings(), path, force=force))
+    manifest = result.manifest
+    typer.echo(
+        f"restored the {manifest.shape} backup of {manifest.created_at:%Y-%m-%d %H:%M:%S} UTC "
+        f"at revision {manifest.schema_revision}"
+    )
+    if result.needs_upgrade:
+        typer.echo(f"this chatplane is at {result.head_revision}: run `chatplane db upgrade`")
 
 
 @cli.command()
