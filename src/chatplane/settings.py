@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 SECRET_KEY_FILE = "secret_key"
+# The rate-limit zones of routes (see chatplane.limits.service.zone_of and the nginx config).
+LIMIT_ZONES = ("auth", "chat", "gateway", "upload", "admin")
+# A list setting: a JSON list, or comma-separated values.
+Names = Annotated[list[str], NoDecode]
 
 
 class Settings(BaseSettings):
@@ -105,16 +110,16 @@ class Settings(BaseSettings):
     rate_limit_ip_zones: dict[str, int] = Field(default_factory=lambda: {"auth": 120})
     # When the limit store (Redis) is unreachable, requests in these zones pass unlimited
     # (logged and counted); in the others they are refused with 503. Budgets always refuse.
-    limits_fail_open_zones: list[str] = Field(
+    limits_fail_open_zones: Names = Field(
         default_factory=lambda: ["auth", "chat", "upload", "admin"]
     )
     # An unsettled budget reservation (a process died mid-request) stops counting after this.
     budget_reservation_ttl_s: int = Field(default=3600, ge=60)
 
     # Client IPs: X-Forwarded-For is believed only from these proxies (IPs or CIDRs).
-    trusted_proxies: list[str] = Field(default_factory=list)
+    trusted_proxies: Names = Field(default_factory=list)
     # Cross-origin requests: allowed origins (none by default).
-    cors_origins: list[str] = Field(default_factory=list)
+    cors_origins: Names = Field(default_factory=list)
 
     # Database pool (scaled shape).
     db_pool_size: int = Field(default=10, ge=1)
@@ -128,6 +133,35 @@ class Settings(BaseSettings):
     # Every process announces itself this often; silent for 3 intervals it shows as stale,
     # for 10 it is dropped from the list.
     presence_interval_s: float = Field(default=5.0, gt=0)
+
+    @field_validator("trusted_proxies", "cors_origins", "limits_fail_open_zones", mode="before")
+    @classmethod
+    def _names(cls, value: object) -> object:
+        """A JSON list, or the friendlier `a,b,c` (spaces ignored)."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("limits_fail_open_zones")
+    @classmethod
+    def _known_zones(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - set(LIMIT_ZONES))
+        if unknown:
+            raise ValueError(f"unknown zones {unknown}; the zones are {list(LIMIT_ZONES)}")
+        return value
+
+    @field_validator("rate_limit_ip_zones")
+    @classmethod
+    def _known_zone_limits(cls, value: dict[str, int]) -> dict[str, int]:
+        unknown = sorted(set(value) - set(LIMIT_ZONES))
+        if unknown:
+            raise ValueError(f"unknown zones {unknown}; the zones are {list(LIMIT_ZONES)}")
+        if any(limit < 0 for limit in value.values()):
+            raise ValueError("a zone's requests per minute is 0 (unlimited) or more")
+        return value
 
     @field_validator("database_url")
     @classmethod

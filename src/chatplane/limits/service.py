@@ -40,14 +40,14 @@ from chatplane.limits.protocol import (
 )
 from chatplane.limits.stores import LimitStores
 from chatplane.observability import metrics
-from chatplane.settings import Settings
+from chatplane.settings import LIMIT_ZONES, Settings
 from chatplane.usage.models import UsageRecord
 
 log = structlog.get_logger("chatplane.limits")
 
 POLICY_TTL_S = 5.0
 MINUTE_S = 60.0
-ZONES = ("auth", "chat", "gateway", "upload", "admin")
+ZONES = LIMIT_ZONES
 LIMIT_FIELDS = (
     "rpm",
     "tpm",
