@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
 import pytest
 import yaml
 
@@ -173,6 +174,25 @@ def test_every_manifest_is_listed_and_well_formed() -> None:
         assert document["apiVersion"], filename
         assert document["kind"], filename
         assert document["metadata"]["name"], filename
+
+
+# Kinds whose schema is not Kubernetes' own: kustomize's file and KEDA's custom resources.
+NOT_CORE = frozenset({"Kustomization", "ScaledObject", "TriggerAuthentication"})
+KUBERNETES_VERSION = "1.30.0"  # the oldest minor version the manifests promise to run on
+
+
+def test_every_manifest_matches_the_kubernetes_schema() -> None:
+    """Strict: an unknown or misspelled field fails, not only a missing one."""
+    checked = 0
+    for filename, document in k8s_documents():
+        if document["kind"] in NOT_CORE:
+            continue
+        try:
+            kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            raise AssertionError(f"{filename}: {exc.message} at {list(exc.path)}") from exc
+        checked += 1
+    assert checked >= 10
 
 
 def container(deployment: dict[str, Any]) -> dict[str, Any]:
