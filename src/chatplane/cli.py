@@ -92,12 +92,21 @@ async def _auth(settings: Settings) -> AsyncIterator[AuthService]:
 GRACEFUL_SHUTDOWN_S = 3
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (a container's CPU set, not the host's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 @cli.command()
 def serve(
     host: str | None = typer.Option(None, help="Bind address [CHATPLANE_HOST]"),
     port: int | None = typer.Option(None, help="Port [CHATPLANE_PORT]"),
     workers: int = typer.Option(
-        1, "--workers", min=1, max=64, help="API processes (more than 1 needs Redis)"
+        1,
+        "--workers",
+        min=0,
+        max=64,
+        help="API processes, 0: one per CPU core (more than 1 needs Redis)",
     ),
 ) -> None:
     """Run the platform: web app, chat API and the /v1 gateway."""
@@ -110,6 +119,7 @@ def serve(
     settings = load_settings()
     bind_host = host or settings.host
     bind_port = port if port is not None else settings.port
+    workers = workers or usable_cores()
     if workers > 1 and not settings.redis_url:
         raise fail(
             "--workers above 1 needs CHATPLANE_REDIS_URL: the processes share turns and "

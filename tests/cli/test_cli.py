@@ -17,6 +17,7 @@ import httpx
 import openai
 import pytest
 
+from chatplane.cli import usable_cores
 from chatplane.db.migrate import head_revision
 
 FAST_HASHING = {
@@ -208,3 +209,14 @@ def test_serve_with_no_configuration_and_the_openai_sdk(
     assert "application shutdown complete" in banner.lower()
     assert f"on {base}" in banner
     assert "chatplane users create" in banner  # how to make the first admin
+
+
+def test_serve_workers_need_redis_and_zero_means_one_per_core(tmp_path: Path) -> None:
+    two = chatplane(tmp_path, "serve", "--workers", "2")
+    assert two.returncode == 2
+    assert "needs CHATPLANE_REDIS_URL" in two.stderr
+    if usable_cores() == 1:
+        pytest.skip("one core here: --workers 0 would start one process")
+    per_core = chatplane(tmp_path, "serve", "--workers", "0")
+    assert per_core.returncode == 2  # one per core is more than one, so it needs Redis too
+    assert "needs CHATPLANE_REDIS_URL" in per_core.stderr
