@@ -73,8 +73,9 @@ STREAM_PATH = "/v1/chat/completions"
 REQUEST_BODY = b'{"model":"mock","messages":[{"role":"user","content":"hi"}],"stream":true}'
 PLAIN_BODY = b'{"ok":true}'
 CHUNK_BODY = b'data: {"choices":[{"delta":{"content":"word "}}]}\n\n'
-# What the access log writes per request, counted in its output to prove it ran.
-ACCESS_LINE_MARK = b'"event": "request"'
+# What the access log writes per request (compact JSON, as orjson renders it), counted in
+# its output to prove it ran.
+ACCESS_LINE_MARK = b'"event":"request"'
 KIB_PER_MB = 1024
 
 MeasureFn = Callable[

@@ -35,6 +35,17 @@ def per_process(directory: Path, route: str) -> Counter[str]:
     return counts
 
 
+async def settled_total(directory: Path, route: str) -> int:
+    """The total of `route` once it stopped changing for a moment."""
+    total = sum(per_process(directory, route).values())
+    while True:
+        await asyncio.sleep(0.3)
+        now = sum(per_process(directory, route).values())
+        if now == total:
+            return total
+        total = now
+
+
 async def scrape(base_url: str) -> Samples:
     async with httpx.AsyncClient(base_url=base_url, timeout=10) as http:  # a new connection
         response = await http.get("/metrics")
@@ -59,15 +70,16 @@ async def test_any_process_serves_the_sums(cluster: Cluster, user_key: str, tmp_
         assert time.monotonic() < deadline, api.log()
         await asyncio.sleep(0.1)
 
-    # Requests on fresh connections until both processes have served some.
-    sent = sum(per_process(files, "/healthz").values())  # the readiness checks
+    # Requests on fresh connections until both processes have served some. A request is
+    # counted just after its response went out, so counts are read once they settle.
+    sent = await settled_total(files, "/healthz")  # the readiness checks
     deadline = time.monotonic() + 30
     while len(per_process(files, "/healthz")) < 2:
         assert time.monotonic() < deadline, per_process(files, "/healthz")
         await asyncio.gather(*[fresh_get(api.base_url, "/healthz") for _ in range(10)])
         sent += 10
+    assert await settled_total(files, "/healthz") == sent
     assert set(per_process(files, "/healthz")) == pids
-    assert sum(per_process(files, "/healthz").values()) == sent
 
     # Every scrape, whichever process answers it, shows the sum.
     deadline = time.monotonic() + 30
