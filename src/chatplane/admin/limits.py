@@ -20,7 +20,7 @@ from chatplane.db.engine import Database
 from chatplane.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from chatplane.limits.models import BUDGET_PERIODS, BUDGET_SCOPES, Budget
 from chatplane.limits.protocol import from_nano
-from chatplane.limits.service import LIMIT_FIELDS, LimitService, period_of
+from chatplane.limits.service import LIMIT_FIELDS, LimitService, budget_period
 
 MAX_LIMIT = 10_000_000
 MAX_BUDGET_USD = 10_000_000.0
@@ -150,13 +150,15 @@ class LimitsAdminService:
         return [await self._view(b, labels) for b in budgets]
 
     async def _view(self, budget: Budget, labels: dict[str, str]) -> BudgetView:
-        tag, start, _ = period_of(budget.period, datetime.now(UTC))
-        spent, reserved = await self.limits.budget_usage(
-            budget.tenant_id, f"budget:{budget.scope}:{budget.subject_id}:{tag}"
-        )
+        period = budget_period(budget.scope, budget.subject_id, budget.period, datetime.now(UTC))
+        spent, reserved = await self.limits.budget_usage(budget.tenant_id, period)
         label = "The organisation" if budget.scope == "tenant" else labels.get(budget.subject_id)
         return BudgetView(
-            budget, label or budget.subject_id, start, from_nano(spent), from_nano(reserved)
+            budget,
+            label or budget.subject_id,
+            period.start,
+            from_nano(spent),
+            from_nano(reserved),
         )
 
     async def create_budget(

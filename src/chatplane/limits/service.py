@@ -141,15 +141,34 @@ class Admission:
         )
 
 
-def period_of(period: str, now: datetime) -> tuple[str, datetime | None, int | None]:
-    """A budget period's tag, its start, and how long its counter is worth keeping."""
+@dataclass(frozen=True, slots=True)
+class BudgetPeriod:
+    """A budget's current period: the key of its counter, where it starts (None: lifetime)
+    and how long its counter is worth keeping (None: forever)."""
+
+    scope: str  # tenant | user | key
+    subject_id: str
+    key: str
+    start: datetime | None
+    ttl_s: int | None
+
+
+def budget_period(scope: str, subject_id: str, period: str, now: datetime) -> BudgetPeriod:
     if period == "day":
         start = now.replace(hour=0, minute=0, second=0, microsecond=0)
-        return f"day:{start:%Y-%m-%d}", start, 2 * 86400
-    if period == "month":
+        tag, ttl = f"day:{start:%Y-%m-%d}", 2 * 86400
+    elif period == "month":
         start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-        return f"month:{start:%Y-%m}", start, 33 * 86400
-    return "lifetime", None, None
+        tag, ttl = f"month:{start:%Y-%m}", 33 * 86400
+    else:
+        return BudgetPeriod(scope, subject_id, f"budget:{scope}:{subject_id}:lifetime", None, None)
+    return BudgetPeriod(scope, subject_id, f"budget:{scope}:{subject_id}:{tag}", start, ttl)
+
+
+@dataclass(frozen=True, slots=True)
+class _Budget:
+    rule: BudgetRule
+    period: BudgetPeriod
 
 
 def rate_headers_text(decision: RateDecision) -> list[tuple[str, str]]:
@@ -375,12 +394,13 @@ class LimitService:
         admission = Admission(self, principal.tenant_id, lease_id)
         rates = self._rate_rules(principal, limits, requests=count_request, tokens=tokens)
         slots = self._slot_rules(principal, limits) if concurrent else []
-        budgets = self._budget_rules(principal, policy)
+        checks = self._budgets(principal, policy)
+        budgets = [check.rule for check in checks]
         if not (rates or slots or budgets):
             return admission
         amount = to_nano(worst_cost_usd)
         try:
-            result = await self._admit_seeded(admission, rates, slots, budgets, amount)
+            result = await self._admit_seeded(admission, rates, slots, checks, amount)
         except ServiceUnavailable as exc:
             self._admission_store_down(zone, rates=bool(rates), slots=bool(slots), exc=exc)
             if budgets:
@@ -409,19 +429,22 @@ class LimitService:
         admission: Admission,
         rates: Sequence[RateRule],
         slots: Sequence[SlotRule],
-        budgets: Sequence[BudgetRule],
+        checks: Sequence[_Budget],
         amount: int,
     ) -> AdmitResult:
         """The combined admission; when a budget counter is missing (nothing was taken),
         seed it from the usage records and try once more."""
+        budgets = [check.rule for check in checks]
         result = await self._admit_once(admission, rates, slots, budgets, amount)
         unseeded = result.budget.unseeded if result.budget is not None else ()
         if not unseeded:
             return result
-        for key in unseeded:
-            rule = next(r for r in budgets if r.key == key)
-            spent = await self._spent(key)
-            await self.budgets.seed(admission.tenant_id, key, spent, ttl_s=rule.ttl_s)
+        for check in checks:
+            if check.rule.key in unseeded:
+                spent = await self._spent(check.period)
+                await self.budgets.seed(
+                    admission.tenant_id, check.rule.key, spent, ttl_s=check.period.ttl_s
+                )
         return await self._admit_once(admission, rates, slots, budgets, amount)
 
     async def _admit_once(
@@ -477,7 +500,7 @@ class LimitService:
         limits = self.effective(policy, principal.api_key_id)
         if limits.key_tpm or limits.user_tpm or limits.tenant_tpm:
             return True
-        return bool(self._budget_rules(principal, policy))
+        return bool(self._budgets(principal, policy))
 
     def _slot_rules(self, principal: Principal, limits: EffectiveLimits) -> list[SlotRule]:
         rules: list[SlotRule] = []
@@ -492,48 +515,44 @@ class LimitService:
             rules.append(SlotRule(key, limits.tenant_max_concurrent, "tenant_concurrency"))
         return rules
 
-    def _budget_rules(self, principal: Principal, policy: TenantPolicy) -> list[BudgetRule]:
+    def _budgets(self, principal: Principal, policy: TenantPolicy) -> list[_Budget]:
+        """The budgets a call of this principal counts against, in their current periods."""
         subjects = [("tenant", principal.tenant_id), ("user", principal.user_id)]
         if principal.api_key_id is not None:
             subjects.append(("key", principal.api_key_id))
         now = self._now()
-        rules: list[BudgetRule] = []
+        checks: list[_Budget] = []
         for scope, subject in subjects:
             for budget in policy.budgets.get((scope, subject), ()):
-                tag, _, ttl = period_of(budget.period, now)
-                rules.append(
-                    BudgetRule(
-                        f"budget:{scope}:{subject}:{tag}",
-                        to_nano(budget.limit_usd),
-                        ttl,
-                        f"{scope}_{budget.period}",
-                    )
-                )
-        return rules
+                period = budget_period(scope, subject, budget.period, now)
+                name = f"{scope}_{budget.period}"
+                rule = BudgetRule(period.key, to_nano(budget.limit_usd), period.ttl_s, name)
+                checks.append(_Budget(rule, period))
+        return checks
 
-    async def budget_usage(self, tenant_id: str, key: str) -> tuple[int, int]:
-        """Spent and reserved nano-USD under a budget key now (from the usage records when
+    async def budget_usage(self, tenant_id: str, period: BudgetPeriod) -> tuple[int, int]:
+        """Spent and reserved nano-USD in a budget's period now (from the usage records when
         the store has no counter for it yet)."""
         try:
-            state = await self.budgets.state(tenant_id, key)
+            state = await self.budgets.state(tenant_id, period.key)
         except ServiceUnavailable:
             state = None
         if state is None:
-            return await self._spent(key), 0
+            return await self._spent(period), 0
         return state.spent_nano, state.reserved_nano
 
-    async def _spent(self, key: str) -> int:
-        """What a budget's subject spent in the key's period, from the usage records."""
-        _, scope, subject, *period = key.split(":")
+    async def _spent(self, period: BudgetPeriod) -> int:
+        """What a budget's subject spent in the period, from the usage records."""
         column = {
             "tenant": UsageRecord.tenant_id,
             "user": UsageRecord.user_id,
             "key": UsageRecord.api_key_id,
-        }[scope]
-        query = select(func.coalesce(func.sum(UsageRecord.cost_usd), 0)).where(column == subject)
-        if period[0] != "lifetime":
-            start = _period_start(period[0], period[1])
-            query = query.where(UsageRecord.created_at >= start)
+        }[period.scope]
+        query = select(func.coalesce(func.sum(UsageRecord.cost_usd), 0)).where(
+            column == period.subject_id
+        )
+        if period.start is not None:
+            query = query.where(UsageRecord.created_at >= period.start)
         async with self.db.session() as session:
             total = await session.scalar(query)
         return to_nano(float(total or 0))
@@ -579,12 +598,6 @@ class LimitService:
 
     async def close(self) -> None:
         self._policies.clear()
-
-
-def _period_start(kind: str, value: str) -> datetime:
-    if kind == "day":
-        return datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=UTC)
-    return datetime.strptime(value + "-01", "%Y-%m-%d").replace(tzinfo=UTC)
 
 
 def _rate_refusal(decision: RateDecision) -> TooManyRequests:
@@ -654,11 +667,12 @@ __all__ = [
     "STATE_KEY",
     "ZONES",
     "Admission",
+    "BudgetPeriod",
     "EffectiveLimits",
     "LimitService",
     "Reservation",
     "TenantPolicy",
-    "period_of",
+    "budget_period",
     "rate_headers",
     "remember",
     "tightest",
