@@ -277,8 +277,8 @@ def build_variants(chunks: int, path: str) -> dict[str, ASGIApp]:
     from chatplane.settings import Settings
 
     class NoMetrics(HttpMetrics):
-        def observe(self, scope: Mapping[str, Any], status: int, seconds: float) -> None:
-            return None
+        def observe(self, scope: Mapping[str, Any], status: int, seconds: float) -> str:
+            return ""
 
     settings = Settings(_env_file=None)
     app = MinimalApp(path, chunks)

@@ -69,7 +69,7 @@ class HttpMiddleware:
         declared = _content_length(scope)
         if declared is not None and declared > self.max_body_bytes:
             await self._too_large(path, send, request_id)
-            self.metrics.observe(scope, 413, perf_counter() - began)
+            self._done(scope, 413, began)
             return
 
         received = 0
@@ -110,15 +110,16 @@ class HttpMiddleware:
                 status = 413
                 await self._too_large(path, send, request_id)
         finally:
-            seconds = perf_counter() - began
-            self.metrics.observe(scope, status, seconds)
-            if self.access_log:
-                self._log(scope, status, seconds)
+            self._done(scope, status, began)
 
-    def _log(self, scope: Scope, status: int, seconds: float) -> None:
-        """The access log line, in the same format as every other line: the request id,
-        and the tenant and user once the request was authenticated, come from the context."""
-        route = self.metrics.route(scope)
+    def _done(self, scope: Scope, status: int, began: float) -> None:
+        """Metrics and the access log line of a finished request. The line is in the same
+        format as every other: the request id, and the tenant and user once the request was
+        authenticated, come from the context."""
+        seconds = perf_counter() - began
+        route = self.metrics.observe(scope, status, seconds)
+        if not self.access_log:
+            return
         client = scope.get("client")
         emit = access_log.debug if route in QUIET_ROUTES else access_log.info
         emit(

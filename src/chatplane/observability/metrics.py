@@ -200,7 +200,8 @@ class HttpMetrics:
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._endpoint_routes: dict[Any, str] | None = None
 
-    def observe(self, scope: Mapping[str, Any], status: int, seconds: float) -> None:
+    def observe(self, scope: Mapping[str, Any], status: int, seconds: float) -> str:
+        """Count and time one request; returns its route label (for the access log)."""
         method: str = scope["method"]
         if method not in HTTP_METHODS:
             method = OTHER
@@ -213,6 +214,7 @@ class HttpMetrics:
             )
         children[0].inc()
         children[1].observe(seconds)
+        return key[0]
 
     def route(self, scope: Mapping[str, Any]) -> str:
         route = scope.get("route")
