@@ -145,9 +145,9 @@ class Settings(BaseSettings):
             return [part.strip() for part in text.split(",") if part.strip()]
         return value
 
-    @field_validator("limits_fail_open_zones")
+    @field_validator("limits_fail_open_zones", "rate_limit_ip_zones")
     @classmethod
-    def _known_zones(cls, value: list[str]) -> list[str]:
+    def _known_zones(cls, value: list[str] | dict[str, int]) -> list[str] | dict[str, int]:
         unknown = sorted(set(value) - set(LIMIT_ZONES))
         if unknown:
             raise ValueError(f"unknown zones {unknown}; the zones are {list(LIMIT_ZONES)}")
@@ -155,10 +155,7 @@ class Settings(BaseSettings):
 
     @field_validator("rate_limit_ip_zones")
     @classmethod
-    def _known_zone_limits(cls, value: dict[str, int]) -> dict[str, int]:
-        unknown = sorted(set(value) - set(LIMIT_ZONES))
-        if unknown:
-            raise ValueError(f"unknown zones {unknown}; the zones are {list(LIMIT_ZONES)}")
+    def _zone_limits(cls, value: dict[str, int]) -> dict[str, int]:
         if any(limit < 0 for limit in value.values()):
             raise ValueError("a zone's requests per minute is 0 (unlimited) or more")
         return value

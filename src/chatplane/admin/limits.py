@@ -193,8 +193,7 @@ class LimitsAdminService:
                     code="budget_exists",
                 ) from exc
             labels = await repo.labels([budget])
-        self.limits.forget(scope.tenant_id)
-        await self._audit("budget.created", actor, budget)
+        await self._changed("budget.created", actor, budget)
         return await self._view(budget, labels)
 
     async def update_budget(
@@ -203,18 +202,13 @@ class LimitsAdminService:
         scope = self._tenant(actor, tenant_id)
         async with self.db.session() as session:
             repo = LimitsRepository(session, scope)
-            budget = await repo.budget(budget_id)
-            if budget is None:
-                raise budget_not_found()
-            if budget.scope == "tenant":
-                self._operator(actor)
+            budget = await self._changeable(repo, actor, budget_id)
             _check_budget(budget.scope, budget.period, limit_usd)
             budget.limit_usd = limit_usd
             budget.updated_at = utcnow()
             await session.commit()
             labels = await repo.labels([budget])
-        self.limits.forget(scope.tenant_id)
-        await self._audit("budget.changed", actor, budget)
+        await self._changed("budget.changed", actor, budget)
         return await self._view(budget, labels)
 
     async def delete_budget(
@@ -223,15 +217,10 @@ class LimitsAdminService:
         scope = self._tenant(actor, tenant_id)
         async with self.db.session() as session:
             repo = LimitsRepository(session, scope)
-            budget = await repo.budget(budget_id)
-            if budget is None:
-                raise budget_not_found()
-            if budget.scope == "tenant":
-                self._operator(actor)
+            budget = await self._changeable(repo, actor, budget_id)
             await repo.delete_budget(budget_id)
             await session.commit()
-        self.limits.forget(scope.tenant_id)
-        await self._audit("budget.deleted", actor, budget)
+        await self._changed("budget.deleted", actor, budget)
 
     @staticmethod
     async def _subject_exists(repo: LimitsRepository, scope_name: str, subject_id: str) -> bool:
@@ -241,7 +230,19 @@ class LimitsAdminService:
             return await repo.user_exists(subject_id)
         return await repo.get_key(subject_id) is not None
 
-    async def _audit(self, action: str, actor: Principal, budget: Budget) -> None:
+    async def _changeable(self, repo: LimitsRepository, actor: Principal, budget_id: str) -> Budget:
+        """The tenant's budget `budget_id`, if the actor may change it (a tenant-wide one is
+        the operator's)."""
+        budget = await repo.budget(budget_id)
+        if budget is None:
+            raise budget_not_found()
+        if budget.scope == "tenant":
+            self._operator(actor)
+        return budget
+
+    async def _changed(self, action: str, actor: Principal, budget: Budget) -> None:
+        """After a change: this process's policy cache forgets the tenant, and it is audited."""
+        self.limits.forget(budget.tenant_id)
         await self.audit.record(
             action,
             tenant_id=budget.tenant_id,
