@@ -338,6 +338,9 @@ async def _direct(workdir: Path, store: str, options: BenchOptions) -> dict[str,
             estimate_prompt_tokens(request.messages) * input_price + options.chunks * output_price
         ) / 1e6
 
+        async def measure() -> tuple[int, float]:
+            return tokens, worst_usd
+
         async def one() -> _Request:
             done = _Request()
             started = time.perf_counter()
@@ -348,8 +351,7 @@ async def _direct(workdir: Path, store: str, options: BenchOptions) -> dict[str,
                     principal,
                     lease_id=new_id(),
                     zone=ZONE,
-                    tokens=tokens,
-                    worst_cost_usd=worst_usd,
+                    measure=measure,
                     count_request=True,
                 )
                 admitted = time.perf_counter()

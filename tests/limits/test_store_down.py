@@ -60,13 +60,16 @@ def errors() -> float:
     return REDIS_ERRORS.labels("limits")._value.get()  # type: ignore[attr-defined, no-any-return]
 
 
+async def small_call() -> tuple[int, float]:
+    return 10, 0.01
+
+
 async def admit(limits: LimitService, who: Principal, zone: str) -> None:
     admission = await limits.admit(
         who,
         lease_id=f"lease-{zone}-{who.user_id}",
         zone=zone,
-        tokens=10,
-        worst_cost_usd=0.01,
+        measure=small_call,
         count_request=True,
     )
     await admission.finish(0.0)

@@ -209,8 +209,8 @@ class ChatService:
         """Tokens per minute and a budget reservation for the turn (its requests were
         counted when the call was authenticated). The worst case: every byte of the context
         the runner will send, and every reply token it may ask for."""
-        tokens, worst = 0, 0.0
-        if await self.limits.meters(principal):
+
+        async def measure() -> tuple[int, float]:
             history = [
                 ChatMessage(role=m.role, content=m.content)  # type: ignore[arg-type]
                 for m in await messages_of(session, conversation_id)
@@ -220,14 +220,14 @@ class ChatService:
                 self.settings.context_max_tokens,
             )
             max_out = self.settings.max_output_tokens
-            tokens = estimate_prompt_tokens(context) + max_out
             worst = cost_usd(route, Usage(prompt_tokens_bound(context), max_out))
+            return estimate_prompt_tokens(context) + max_out, worst
+
         return await self.limits.admit(
             principal,
             lease_id=turn_id,
             zone="chat",
-            tokens=tokens,
-            worst_cost_usd=worst,
+            measure=measure,
             count_request=False,
             concurrent=False,
         )

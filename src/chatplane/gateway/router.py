@@ -106,15 +106,14 @@ async def _admit(
 ) -> Admission:
     """Requests and tokens per minute, a concurrency slot, and a budget reservation of the
     worst case: the prompt's token bound and every token the reply may have."""
-    max_out = request.max_tokens or services.settings.max_output_tokens
-    worst = cost_usd(route, Usage(prompt_tokens_bound(request.messages), max_out))
+
+    async def measure() -> tuple[int, float]:
+        max_out = request.max_tokens or services.settings.max_output_tokens
+        worst = cost_usd(route, Usage(prompt_tokens_bound(request.messages), max_out))
+        return estimate_prompt_tokens(request.messages) + max_out, worst
+
     return await services.limits.admit(
-        principal,
-        lease_id=new_id(),
-        zone="gateway",
-        tokens=estimate_prompt_tokens(request.messages) + max_out,
-        worst_cost_usd=worst,
-        count_request=True,
+        principal, lease_id=new_id(), zone="gateway", measure=measure, count_request=True
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -59,6 +59,9 @@ LIMIT_FIELDS = (
     "key_tpm",
     "key_max_concurrent",
 )
+# What a model call counts at most: the tokens it takes from tokens/minute limits, and its
+# worst-case cost in USD (what a budget reserves). Awaited only when a limit needs it.
+Measure = Callable[[], Awaitable[tuple[int, float]]]
 # Where the state of the request's limits is kept for the headers (see LimitMiddleware).
 STATE_KEY = "chatplane.ratelimit"
 
@@ -380,21 +383,24 @@ class LimitService:
         *,
         lease_id: str,
         zone: str,
-        tokens: int,
-        worst_cost_usd: float,
+        measure: Measure,
         count_request: bool,
         concurrent: bool = True,
     ) -> Admission:
         """Rate (requests and tokens), a concurrency slot, and a budget reservation of the
         worst-case cost, all or nothing, in one step of the limit stores: a refused
-        request takes nothing. `Admission.finish(actual)` gives back the slot and settles
-        the reservation when the call ends, however it ends."""
+        request takes nothing. `measure` is awaited only when a tokens/minute limit or a
+        budget applies. `Admission.finish(actual)` gives back the slot and settles the
+        reservation when the call ends, however it ends."""
         policy = await self.policy(principal.tenant_id)
         limits = self.effective(policy, principal.api_key_id)
         admission = Admission(self, principal.tenant_id, lease_id)
+        checks = self._budgets(principal, policy)
+        tokens, worst_cost_usd = 0, 0.0
+        if checks or _counts_tokens(principal, limits):
+            tokens, worst_cost_usd = await measure()
         rates = self._rate_rules(principal, limits, requests=count_request, tokens=tokens)
         slots = self._slot_rules(principal, limits) if concurrent else []
-        checks = self._budgets(principal, policy)
         budgets = [check.rule for check in checks]
         if not (rates or slots or budgets):
             return admission
@@ -492,15 +498,6 @@ class LimitService:
                 code="limits_unavailable",
                 retry_after=2,
             ) from exc
-
-    async def meters(self, principal: Principal) -> bool:
-        """Whether admitting a call of this principal needs its token count and worst-case
-        cost (a tokens/minute limit or a budget applies)."""
-        policy = await self.policy(principal.tenant_id)
-        limits = self.effective(policy, principal.api_key_id)
-        if limits.key_tpm or limits.user_tpm or limits.tenant_tpm:
-            return True
-        return bool(self._budgets(principal, policy))
 
     def _slot_rules(self, principal: Principal, limits: EffectiveLimits) -> list[SlotRule]:
         rules: list[SlotRule] = []
@@ -600,6 +597,12 @@ class LimitService:
         self._policies.clear()
 
 
+def _counts_tokens(principal: Principal, limits: EffectiveLimits) -> bool:
+    """Whether a tokens/minute limit applies to this principal's calls."""
+    key_tpm = limits.key_tpm if principal.api_key_id is not None else 0
+    return bool(key_tpm or limits.user_tpm or limits.tenant_tpm)
+
+
 def _rate_refusal(decision: RateDecision) -> TooManyRequests:
     _refused("rate", decision.rule.name)
     retry = max(1, math.ceil(decision.retry_after_s))
@@ -670,6 +673,7 @@ __all__ = [
     "BudgetPeriod",
     "EffectiveLimits",
     "LimitService",
+    "Measure",
     "Reservation",
     "TenantPolicy",
     "budget_period",
