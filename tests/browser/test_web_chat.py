@@ -483,6 +483,8 @@ async def test_model_picker_chooses_the_model(
 ) -> None:
     page, log = desktop
     await log_in(page, live_server)
+    # The picker fills from /api/models after sign-in: wait for it, then read every option.
+    await expect(page.locator('#model-select option[value="mock"]')).to_be_attached()
     options = await page.locator("#model-select option").evaluate_all(
         "(options) => options.map((o) => o.value)"
     )
