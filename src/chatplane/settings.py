@@ -134,6 +134,21 @@ class Settings(BaseSettings):
     # for 10 it is dropped from the list.
     presence_interval_s: float = Field(default=5.0, gt=0)
 
+    # Knowledge bases. Embeddings: `none` (lexical retrieval only), `openai:<model>` (the
+    # OpenAI-compatible upstream's /v1/embeddings) or `local:<model>` (the `local-embeddings`
+    # extra, in-process).
+    embeddings: str = Field(default="none", pattern=r"^(none|(openai|local):\S+)$")
+    embeddings_base_url: str | None = None  # default: CHATPLANE_OPENAI_BASE_URL
+    embeddings_api_key: SecretStr | None = None  # default: CHATPLANE_OPENAI_API_KEY
+    embeddings_batch_size: int = Field(default=64, ge=1, le=2048)
+    upload_max_mb: int = Field(default=50, ge=1)
+    blob_url: str | None = None  # default: <data dir>/blobs; `s3://bucket/prefix` for S3
+    s3_endpoint_url: str | None = None  # for S3-compatible stores (MinIO, Ceph, ...)
+    kb_chunk_tokens: int = Field(default=350, ge=32, le=8192)
+    kb_chunk_overlap_tokens: int = Field(default=50, ge=0, le=4096)
+    kb_top_k: int = Field(default=5, ge=1, le=50)
+    kb_context_max_tokens: int = Field(default=3000, ge=100)
+
     @field_validator("trusted_proxies", "cors_origins", "limits_fail_open_zones", mode="before")
     @classmethod
     def _names(cls, value: object) -> object:
@@ -180,6 +195,10 @@ class Settings(BaseSettings):
     @property
     def is_embedded_db(self) -> bool:
         return self.resolved_database_url.startswith("sqlite")
+
+    @property
+    def upload_max_bytes(self) -> int:
+        return self.upload_max_mb * 1024 * 1024
 
     @property
     def max_request_bytes(self) -> int:

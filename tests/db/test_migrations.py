@@ -21,7 +21,9 @@ from tests.conftest import RUN_ID, postgres_database
 
 
 def _differences(connection: Connection) -> list[object]:
-    context = MigrationContext.configure(connection, opts={"compare_type": True})
+    context = MigrationContext.configure(
+        connection, opts={"compare_type": True, "include_object": migrate.include_object}
+    )
     return list(compare_metadata(context, Base.metadata))
 
 

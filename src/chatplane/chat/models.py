@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from chatplane.db.base import Base, CreatedMixin, IdMixin, UTCDateTime, utcnow
@@ -22,6 +23,8 @@ class Conversation(IdMixin, CreatedMixin, Base):
     title: Mapped[str] = mapped_column(String(200))
     model: Mapped[str] = mapped_column(String(200))
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # Knowledge bases every turn of the conversation retrieves from (None: none).
+    knowledge_base_ids: Mapped[list[str] | None] = mapped_column(JSON)
 
 
 class Message(IdMixin, CreatedMixin, Base):
@@ -35,6 +38,8 @@ class Message(IdMixin, CreatedMixin, Base):
     content: Mapped[str] = mapped_column(Text)
     # Set on assistant messages: at most one per turn, so a re-run turn never stores twice.
     turn_id: Mapped[str | None] = mapped_column(String(32), unique=True)
+    # On assistant messages of turns that retrieved: the sources the answer cites.
+    citations: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
 
 
 class Turn(IdMixin, CreatedMixin, Base):
@@ -47,6 +52,8 @@ class Turn(IdMixin, CreatedMixin, Base):
     api_key_id: Mapped[str | None] = mapped_column(String(32))  # the key it was posted with
     user_message_id: Mapped[str] = mapped_column(String(32))
     model: Mapped[str] = mapped_column(String(200))
+    # The knowledge bases this turn retrieves from (the message's, else the conversation's).
+    knowledge_base_ids: Mapped[list[str] | None] = mapped_column(JSON)
     status: Mapped[str] = mapped_column(String(16), default="queued")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error_code: Mapped[str | None] = mapped_column(String(64))

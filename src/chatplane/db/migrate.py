@@ -9,8 +9,16 @@ from alembic import command
 from alembic.config import Config
 
 from chatplane.db.engine import ensure_sqlite_dir
+from chatplane.knowledge.models import is_lexical_index
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+
+
+def include_object(
+    _object: object, name: str | None, type_: str, _reflected: bool, _compare_to: object
+) -> bool:
+    """Autogenerate compares everything but the lexical index, which is raw DDL."""
+    return not is_lexical_index(name, type_)
 
 
 def alembic_config(database_url: str) -> Config:

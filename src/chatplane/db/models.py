@@ -11,6 +11,7 @@ from chatplane.auth.models import (
 )
 from chatplane.chat.models import Conversation, Message, Turn
 from chatplane.db.base import Base
+from chatplane.knowledge.models import Chunk, ChunkVector, Document, KnowledgeBase
 from chatplane.limits.models import Budget, TenantLimits
 from chatplane.providers.models import ModelEndpoint
 from chatplane.usage.models import ModelPrice, UsageRecord
@@ -20,8 +21,12 @@ __all__ = [
     "AuditEvent",
     "Base",
     "Budget",
+    "Chunk",
+    "ChunkVector",
     "Conversation",
+    "Document",
     "Invitation",
+    "KnowledgeBase",
     "Message",
     "ModelEndpoint",
     "ModelPrice",
