@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 
 from chatplane import __version__
 from chatplane.admin.limits_router import router as limits_admin_router
@@ -20,6 +20,7 @@ from chatplane.auth.router import router as auth_router
 from chatplane.auth.sso_router import router as sso_router
 from chatplane.chat.router import router as chat_router
 from chatplane.chat.sse import TurnEvents
+from chatplane.chat.ws import ChatSocket
 from chatplane.container import Services, build_services
 from chatplane.errors import ChatplaneError
 from chatplane.gateway.router import install_gateway
@@ -27,6 +28,8 @@ from chatplane.http.client import ClientResolver
 from chatplane.http.middleware import HttpMiddleware
 from chatplane.http.openapi import install_openapi
 from chatplane.http.problems import install_error_handlers
+from chatplane.knowledge.events import DocumentEvents
+from chatplane.knowledge.router import router as knowledge_router
 from chatplane.limits.middleware import LimitMiddleware
 from chatplane.observability.exposition import MetricsEndpoint, process_exiting
 from chatplane.ops.drain import Drain
@@ -109,7 +112,12 @@ def create_app(
     app.include_router(models_admin_router)
     app.include_router(usage_router)
     app.include_router(ops_router)
+    app.include_router(knowledge_router)
     app.router.routes.append(Route("/api/turns/{turn_id}/events", TurnEvents(), methods=["GET"]))
+    app.router.routes.append(WebSocketRoute("/api/ws", ChatSocket()))
+    app.router.routes.append(
+        Route("/api/kb/{kb_id}/documents/{document_id}/events", DocumentEvents(), methods=["GET"])
+    )
     app.router.routes.append(Route("/metrics", MetricsEndpoint(), methods=["GET"]))
     install_gateway(app)
     install_openapi(app)
@@ -137,6 +145,7 @@ def create_app(
     app.add_middleware(
         HttpMiddleware,
         max_body_bytes=settings.max_request_bytes,
+        max_upload_bytes=settings.upload_max_bytes,
         clients=ClientResolver(settings.trusted_proxies),
         access_log=settings.access_log,
     )
@@ -150,5 +159,9 @@ def serve_app() -> FastAPI:
 
     settings = Settings()
     configure_logging(settings)
+    if settings.sentry_dsn:
+        from chatplane.observability.error_tracking import init_error_tracking
+
+        init_error_tracking(settings)
     atexit.register(process_exiting)  # its live gauges leave the sums of the other processes
     return create_app(settings, migrate_embedded=False)

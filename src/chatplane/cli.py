@@ -62,6 +62,22 @@ def load_settings() -> Settings:
     return settings
 
 
+def start_error_tracking(settings: Settings, *, in_this_process: bool = True) -> None:
+    """Report errors from this process when CHATPLANE_SENTRY_DSN is set (or only check that
+    the processes it starts can); exit with the extra to install when the SDK is missing."""
+    if not settings.sentry_dsn:
+        return
+    from chatplane.observability.error_tracking import check_error_tracking, init_error_tracking
+
+    try:
+        if in_this_process:
+            init_error_tracking(settings)
+        else:
+            check_error_tracking(settings)
+    except ChatplaneError as exc:
+        raise fail(exc.detail, 2) from exc
+
+
 def run(coroutine: Coroutine[Any, Any, T]) -> T:
     try:
         return asyncio.run(coroutine)
@@ -120,6 +136,8 @@ def serve(
     bind_host = host or settings.host
     bind_port = port if port is not None else settings.port
     workers = workers or usable_cores()
+    # With several processes, each reports on its own (`serve_app`); this one only checks.
+    start_error_tracking(settings, in_this_process=workers == 1)
     if workers > 1 and not settings.redis_url:
         raise fail(
             "--workers above 1 needs CHATPLANE_REDIS_URL: the processes share turns and "
@@ -147,6 +165,12 @@ def serve(
         # SIGTERM drains first (up to drain_timeout_s, see chatplane.ops.drain); what still
         # runs after that is cut this many seconds after the server stops listening.
         "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S,
+        # WebSockets (/api/ws): ping frames keep proxies from timing idle connections out
+        # and drop dead peers; a frame over twice the app's own message cap (which gets a
+        # clear error) is refused by the protocol, so no connection buffers more.
+        "ws_ping_interval": settings.ws_ping_interval_s,
+        "ws_ping_timeout": settings.ws_ping_interval_s,
+        "ws_max_size": 2 * settings.max_request_bytes,
     }
     if workers == 1:
         uvicorn.run(create_app(settings, migrate_embedded=False), **common)
@@ -198,6 +222,7 @@ def worker(
         settings = settings.model_copy(update={"turn_concurrency": concurrency})
     if metrics_port is not None:
         settings = settings.model_copy(update={"worker_metrics_port": metrics_port})
+    start_error_tracking(settings)
     import uvloop
 
     try:

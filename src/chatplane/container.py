@@ -21,6 +21,11 @@ from chatplane.chat.service import ChatService
 from chatplane.chat.worker import TurnWorker
 from chatplane.crypto import SecretBox, encryption_key
 from chatplane.db.engine import Database, create_engine
+from chatplane.knowledge.blobs import BlobStore, create_blob_store
+from chatplane.knowledge.embedders import Embedder, create_embedder
+from chatplane.knowledge.index import KnowledgeIndex
+from chatplane.knowledge.ingest import DocumentIngester
+from chatplane.knowledge.service import INGEST_JOB, KnowledgeService
 from chatplane.limits import LimitStores, WindowCounter, create_limit_stores
 from chatplane.limits.service import LimitService
 from chatplane.ops.presence import Presence, ProcessKind, create_presence
@@ -51,6 +56,11 @@ class Services:
     usage: UsageRecorder
     oidc: OidcClient
     endpoints: ModelEndpointService
+    blobs: BlobStore
+    embedder: Embedder | None
+    index: KnowledgeIndex
+    knowledge: KnowledgeService
+    ingester: DocumentIngester
     worker: TurnWorker | None = None
     presence: Presence | None = None
 
@@ -62,6 +72,9 @@ class Services:
         await self.endpoints.close()
         await self.usage.close()
         await self.registry.close()
+        if self.embedder is not None:
+            await self.embedder.close()
+        await self.blobs.close()
         await self.http.close()
         await self.limits.close()
         await self.limit_stores.close()
@@ -92,8 +105,12 @@ async def build_services(
     registry = await build_registry(settings, http)
     limit_stores = create_limit_stores(settings)
     limits = LimitService(settings, db, limit_stores)
-    runner = TurnRunner(db, broker, registry, settings, limits)
+    blobs = create_blob_store(settings)
+    embedder = create_embedder(settings, http)
+    index = KnowledgeIndex(db, embedder)
+    runner = TurnRunner(db, broker, registry, settings, limits, index)
     audit = AuditLog(db)
+    knowledge = KnowledgeService(db, broker, blobs, index, audit, settings)
     passwords = Passwords(settings)
     auth = AuthService(db, settings, passwords, audit)
     failures = limit_stores.counter
@@ -109,11 +126,16 @@ async def build_services(
         failures=failures,
         limit_stores=limit_stores,
         limits=limits,
-        chat=ChatService(db, broker, registry, limits, settings),
+        chat=ChatService(db, broker, registry, limits, settings, knowledge),
         runner=runner,
         usage=UsageRecorder(db),
         oidc=OidcClient(settings, http),
         endpoints=ModelEndpointService(db, registry, SecretBox(encryption_key(settings)), audit),
+        blobs=blobs,
+        embedder=embedder,
+        index=index,
+        knowledge=knowledge,
+        ingester=DocumentIngester(db, broker, blobs, index, settings),
     )
     await services.endpoints.load()
     services.endpoints.start_refresh()
@@ -124,6 +146,7 @@ async def build_services(
             runner,
             concurrency=settings.turn_concurrency,
             max_attempts=settings.turn_max_attempts,
+            handlers={INGEST_JOB: services.ingester},
         )
         services.worker.start()
     services.presence = create_presence(settings, process_kind, services.worker)

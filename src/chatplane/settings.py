@@ -42,7 +42,9 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_content: bool = False
     access_log: bool = True  # one line per request: method, route, status, duration
+    # Error reports to a Sentry-compatible service (the `sentry` extra); off when unset.
     sentry_dsn: str | None = None
+    sentry_environment: str | None = None  # default: `production`
 
     # Models and upstreams.
     config: Path | None = None
@@ -67,6 +69,13 @@ class Settings(BaseSettings):
     turn_max_attempts: int = Field(default=3, ge=1)
     job_visibility_timeout_s: float = Field(default=30.0, gt=0)
     sse_keepalive_s: float = Field(default=15.0, gt=0)
+    # The WebSocket channel (/api/ws), per connection: open subscriptions, client messages
+    # per second (and the burst above that rate); messages are capped at max_request_kb.
+    # `serve` pings every connection this often and drops a peer silent for as long again.
+    ws_max_subscriptions: int = Field(default=32, ge=1, le=10_000)
+    ws_message_rate_per_s: float = Field(default=10.0, gt=0)
+    ws_message_burst: int = Field(default=30, ge=1)
+    ws_ping_interval_s: float = Field(default=20.0, gt=0)
 
     # Passwords (argon2id) and sessions for the web app.
     password_time_cost: int = Field(default=3, ge=1)

@@ -8,7 +8,13 @@ from typing import Any
 
 import httpx
 
-TERMINAL = {"turn.completed", "turn.failed", "turn.cancelled"}
+TERMINAL = {
+    "turn.completed",
+    "turn.failed",
+    "turn.cancelled",
+    "document.ready",
+    "document.failed",
+}
 
 
 @dataclass

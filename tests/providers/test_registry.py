@@ -49,7 +49,7 @@ async def reply(route: ModelRoute, text: str = "hi") -> str:
 
 async def test_a_fresh_install_has_the_mock_models(session: aiohttp.ClientSession) -> None:
     registry = await build_registry(make_settings(), session, environ={})
-    assert [route.name for route in registry.models()] == ["mock-echo", "mock"]
+    assert [route.name for route in registry.models()] == ["mock-echo", "mock", "mock-cite"]
     assert registry.default_model == "mock-echo"
     route = await registry.resolve("mock-echo")
     assert isinstance(route.provider, MockProvider)
@@ -110,7 +110,7 @@ upstream_model = "mock-echo"
     environ = {"FAKE_OPENAI_KEY": "sk-test", "FAKE_ANTHROPIC_KEY": "ant-test"}
     registry = await build_registry(make_settings(config=config), session, environ=environ)
     assert [r.name for r in registry.models()] == [
-        "mock-echo", "mock", "fast", "gpt-fake", "claude", "demo"
+        "mock-echo", "mock", "mock-cite", "fast", "gpt-fake", "claude", "demo"
     ]  # fmt: skip
 
     fast, gpt, claude, demo = [
@@ -200,7 +200,7 @@ async def test_the_openai_shortcut_exposes_every_upstream_model(
     )
     registry = await build_registry(settings, session, environ={})
     names = [route.name for route in registry.models()]
-    assert names == ["mock-echo", "mock", "gpt-fake", "gpt-fake-mini"]
+    assert names == ["mock-echo", "mock", "mock-cite", "gpt-fake", "gpt-fake-mini"]
     route = await registry.resolve("gpt-fake")
     assert (route.kind, route.upstream_model, route.input_usd_per_mtok) == (
         "openai",
@@ -236,7 +236,7 @@ async def test_an_upstream_down_at_start_is_discovered_on_a_later_miss(
     clock = FakeClock()
     settings = make_settings(openai_base_url=fake_openai.base_url, openai_api_key="sk-test")
     registry = await build_registry(settings, session, environ={}, clock=clock)
-    assert [r.name for r in registry.models()] == ["mock-echo", "mock"]
+    assert [r.name for r in registry.models()] == ["mock-echo", "mock", "mock-cite"]
     assert models_requests(fake_openai) == 1
 
     fake_openai.models_status = 200
@@ -259,7 +259,7 @@ async def test_an_unreachable_shortcut_upstream_does_not_stop_the_start(
     clock = FakeClock()
     settings = make_settings(openai_base_url=f"{refused_url}/v1")
     registry = await build_registry(settings, session, environ={}, clock=clock)
-    assert [r.name for r in registry.models()] == ["mock-echo", "mock"]
+    assert [r.name for r in registry.models()] == ["mock-echo", "mock", "mock-cite"]
     clock.now += 30
     with pytest.raises(ModelNotFound):
         await registry.resolve("gpt-fake")

@@ -28,7 +28,14 @@ router = APIRouter(prefix="/api", tags=["chat"])
 
 
 def _conversation(conversation: Conversation) -> ConversationOut:
-    return ConversationOut.model_validate(conversation, from_attributes=True)
+    return ConversationOut(
+        id=conversation.id,
+        title=conversation.title,
+        model=conversation.model,
+        knowledge_base_ids=conversation.knowledge_base_ids or [],
+        created_at=conversation.created_at,
+        updated_at=conversation.updated_at,
+    )
 
 
 def _turn(turn: Turn) -> TurnOut:
@@ -73,7 +80,10 @@ async def create_conversation(
     body: ConversationIn, principal: ChatPrincipal, services: ServicesDep
 ) -> ConversationOut:
     conversation = await services.chat.create_conversation(
-        principal, title=body.title, model=body.model
+        principal,
+        title=body.title,
+        model=body.model,
+        knowledge_base_ids=body.knowledge_base_ids,
     )
     return _conversation(conversation)
 
@@ -91,13 +101,19 @@ async def get_conversation(
 
 
 @router.patch("/conversations/{conversation_id}", response_model=ConversationOut)
-async def rename_conversation(
+async def update_conversation(
     conversation_id: str,
     body: ConversationPatch,
     principal: ChatPrincipal,
     services: ServicesDep,
 ) -> ConversationOut:
-    conversation = await services.chat.rename_conversation(principal, conversation_id, body.title)
+    """Rename it, or change the knowledge bases its turns retrieve from."""
+    conversation = await services.chat.update_conversation(
+        principal,
+        conversation_id,
+        title=body.title,
+        knowledge_base_ids=body.knowledge_base_ids,
+    )
     return _conversation(conversation)
 
 
@@ -123,7 +139,11 @@ async def post_message(
     (a restart), 503 `draining` with `Retry-After`: send it again."""
     request.app.state.drain.refuse_new_work()
     turn = await services.chat.post_message(
-        principal, conversation_id, content=body.content, model=body.model
+        principal,
+        conversation_id,
+        content=body.content,
+        model=body.model,
+        knowledge_base_ids=body.knowledge_base_ids,
     )
     return TurnAccepted(
         turn_id=turn.id,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from sqlalchemy.exc import IntegrityError
@@ -16,6 +16,9 @@ from chatplane.chat.repository import TurnRepository, next_seq
 from chatplane.db.base import new_id, utcnow
 from chatplane.db.engine import Database
 from chatplane.errors import ChatplaneError, ProviderError
+from chatplane.knowledge.citations import resolve_citations
+from chatplane.knowledge.prompt import GivenPassage
+from chatplane.knowledge.retrieval import RetrievalFailed, retrieve
 from chatplane.limits.service import LimitService
 from chatplane.observability.metrics import (
     provider_error,
@@ -31,10 +34,13 @@ from chatplane.providers.protocol import (
     TextDelta,
     Usage,
 )
-from chatplane.providers.registry import ModelRegistry, cost_usd
+from chatplane.providers.registry import ModelRegistry, ModelRoute, cost_usd
 from chatplane.providers.tokens import estimate_tokens
 from chatplane.settings import Settings
 from chatplane.usage.models import UsageRecord
+
+if TYPE_CHECKING:
+    from chatplane.knowledge.index import KnowledgeIndex
 
 log = structlog.get_logger("chatplane.turns")
 
@@ -67,12 +73,14 @@ class TurnRunner:
         registry: ModelRegistry,
         settings: Settings,
         limits: LimitService,
+        index: KnowledgeIndex | None = None,
     ) -> None:
         self.db = db
         self.broker = broker
         self.registry = registry
         self.settings = settings
         self.limits = limits
+        self.index = index  # None: turns with knowledge bases fail (no index in this process)
 
     async def run(self, job: Job) -> None:
         turn_id = str(job.payload["turn_id"])
@@ -111,9 +119,12 @@ class TurnRunner:
         log.info("turn_started", model=turn.model, attempt=job.attempt, restarted=restarted)
 
         text: list[str] = []
+        # The passages given to the model, once retrieved (None: the turn retrieves nothing).
+        given: list[GivenPassage] | None = [] if turn.knowledge_base_ids else None
+        query = question.content if question is not None else ""
         cost: float | None = None
         try:
-            finish = await self._generate(turn, job, history, text)
+            finish = await self._generate(turn, job, history, text, query, given)
         except TurnCancelled:
             cost = await self._finish_cancelled(turn, "".join(text), history)
         except JobLost:
@@ -125,20 +136,21 @@ class TurnRunner:
         except ChatplaneError as exc:
             cost = await self._finish_failed(turn, exc.code, exc.detail)
         else:
-            cost = await self._finish_completed(turn, "".join(text), finish.usage, history)
+            cost = await self._finish_completed(turn, "".join(text), finish.usage, history, given)
         await self._settle(turn, job.payload, cost)
 
     async def _generate(
-        self, turn: Turn, job: Job, history: Sequence[Message], text: list[str]
+        self,
+        turn: Turn,
+        job: Job,
+        history: Sequence[Message],
+        text: list[str],
+        query: str,
+        given: list[GivenPassage] | None,
     ) -> Finish:
         route = await self.registry.resolve(turn.model)
         messages = [ChatMessage(role=m.role, content=m.content) for m in history]  # type: ignore[arg-type]
-        request = CompletionRequest(
-            model=route.upstream_model,
-            messages=fit_context(messages, self.settings.context_max_tokens),
-            max_tokens=self.settings.max_output_tokens,
-        )
-        generation = asyncio.create_task(self._stream(route.provider, request, turn.id, text))
+        generation = asyncio.create_task(self._answer(turn, route, messages, text, query, given))
         try:
             return await self._watch(generation, turn.id, job)
         finally:
@@ -147,6 +159,47 @@ class TurnRunner:
             if not generation.done():
                 generation.cancel()
                 await asyncio.gather(generation, return_exceptions=True)
+
+    async def _answer(
+        self,
+        turn: Turn,
+        route: ModelRoute,
+        messages: list[ChatMessage],
+        text: list[str],
+        query: str,
+        given: list[GivenPassage] | None,
+    ) -> Finish:
+        """Retrieve (when the turn has knowledge bases), then stream the answer. Watched
+        like the generation it leads to: a cancel during retrieval stops it too."""
+        budget = self.settings.context_max_tokens
+        sources: list[ChatMessage] = []
+        if given is not None:
+            sources = [await self._retrieve(turn, query, given)]
+            budget -= estimate_tokens(sources[0].content) + 4
+        request = CompletionRequest(
+            model=route.upstream_model,
+            messages=[*sources, *fit_context(messages, budget)],
+            max_tokens=self.settings.max_output_tokens,
+        )
+        return await self._stream(route.provider, request, turn.id, text)
+
+    async def _retrieve(self, turn: Turn, query: str, given: list[GivenPassage]) -> ChatMessage:
+        """The system message of passages; `given` receives the passages it numbers."""
+        if self.index is None:
+            raise RetrievalFailed("This process has no knowledge index")
+        prompt = await retrieve(
+            self.index,
+            self.db,
+            tenant_id=turn.tenant_id,
+            user_id=turn.user_id,
+            kb_ids=turn.knowledge_base_ids or [],
+            query=query,
+            top_k=self.settings.kb_top_k,
+            max_tokens=self.settings.kb_context_max_tokens,
+        )
+        given.extend(prompt.passages)
+        log.info("turn_retrieved", passages=len(prompt.passages))
+        return ChatMessage(role="system", content=prompt.message)
 
     async def _watch(self, generation: asyncio.Task[Finish], turn_id: str, job: Job) -> Finish:
         """Wait for the generation while checking for cancel and keeping the claim alive."""
@@ -212,11 +265,25 @@ class TurnRunner:
         )
 
     async def _finish_completed(
-        self, turn: Turn, text: str, usage: Usage | None, history: Sequence[Message]
+        self,
+        turn: Turn,
+        text: str,
+        usage: Usage | None,
+        history: Sequence[Message],
+        given: Sequence[GivenPassage] | None = None,
     ) -> float | None:
-        """Store the answer; its cost when this run stored it, else None."""
+        """Store the answer (with the passages it cites, when it retrieved); its cost when
+        this run stored it, else None."""
         usage, record = await self._usage(turn, usage, history, text)
-        stored, message_id = await self._store(turn, status="completed", text=text, usage=record)
+        citations: list[dict[str, Any]] | None = None
+        if given is not None:
+            found, dropped = resolve_citations(text, given)
+            citations = [citation.to_json() for citation in found]
+            if dropped:
+                log.info("turn_citations_dropped", dropped=dropped)
+        stored, message_id = await self._store(
+            turn, status="completed", text=text, usage=record, citations=citations
+        )
         payload = {
             "message_id": message_id,
             "usage": {
@@ -227,6 +294,8 @@ class TurnRunner:
         }
         if not stored:
             return None
+        if citations is not None:
+            await self.broker.publish(turn.id, "turn.citations", {"citations": citations})
         await self._end(turn.id, "turn.completed", payload)
         turn_ended(turn, "completed", record)
         return record.cost_usd
@@ -269,6 +338,7 @@ class TurnRunner:
         text: str,
         usage: UsageRecord | None = None,
         error: tuple[str, str] | None = None,
+        citations: list[dict[str, Any]] | None = None,
     ) -> tuple[bool, str | None]:
         """Commit the outcome in one transaction; returns (stored, assistant message id).
         Idempotent on the turn: a second run of the same turn finds it ended (or hits the
@@ -297,6 +367,7 @@ class TurnRunner:
                         role="assistant",
                         content=text,
                         turn_id=turn.id,
+                        citations=citations,
                         created_at=now,
                     )
                 )

@@ -1,28 +1,55 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 TurnStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
+
+
+# The knowledge bases a turn retrieves from: at most this many.
+KnowledgeBaseIds = list[Annotated[str, Field(min_length=1, max_length=64)]]
+MAX_KNOWLEDGE_BASES = 10
 
 
 class ConversationIn(BaseModel):
     title: str | None = Field(default=None, max_length=200)
     model: str | None = Field(default=None, min_length=1, max_length=200)
+    knowledge_base_ids: KnowledgeBaseIds | None = Field(
+        default=None, max_length=MAX_KNOWLEDGE_BASES
+    )
 
 
 class ConversationPatch(BaseModel):
-    title: str = Field(min_length=1, max_length=200)
+    title: str | None = Field(default=None, min_length=1, max_length=200)
+    knowledge_base_ids: KnowledgeBaseIds | None = Field(
+        default=None, max_length=MAX_KNOWLEDGE_BASES
+    )
+
+    @model_validator(mode="after")
+    def _something(self) -> ConversationPatch:
+        if self.title is None and self.knowledge_base_ids is None:
+            raise ValueError("Give a title or knowledge_base_ids")
+        return self
 
 
 class ConversationOut(BaseModel):
     id: str
     title: str
     model: str
+    knowledge_base_ids: list[str]
     created_at: datetime
     updated_at: datetime
+
+
+class Citation(BaseModel):
+    n: int
+    document_id: str
+    chunk_id: int
+    page: int | None = None
+    quote: str
+    filename: str | None = None
 
 
 class ConversationPage(BaseModel):
@@ -34,6 +61,7 @@ class MessageOut(BaseModel):
     id: str
     role: Literal["user", "assistant", "system"]
     content: str
+    citations: list[Citation] | None = None
     created_at: datetime
 
 
@@ -45,6 +73,10 @@ class ConversationDetail(ConversationOut):
 class MessageIn(BaseModel):
     content: str = Field(min_length=1, max_length=200_000)
     model: str | None = Field(default=None, min_length=1, max_length=200)
+    # This turn's knowledge bases, instead of the conversation's ([]: none).
+    knowledge_base_ids: KnowledgeBaseIds | None = Field(
+        default=None, max_length=MAX_KNOWLEDGE_BASES
+    )
 
 
 class TurnAccepted(BaseModel):

@@ -19,6 +19,7 @@ from chatplane.chat.runner import fit_context
 from chatplane.db.base import new_id, utcnow
 from chatplane.db.engine import Database
 from chatplane.errors import BadRequest, ChatplaneError, NotFound, ServiceUnavailable
+from chatplane.knowledge.service import KnowledgeService, retrieval_prompt_bound
 from chatplane.limits.service import Admission, LimitService
 from chatplane.providers.protocol import ChatMessage, Usage
 from chatplane.providers.registry import ModelRegistry, ModelRoute, cost_usd
@@ -68,19 +69,34 @@ class ChatService:
         registry: ModelRegistry,
         limits: LimitService,
         settings: Settings,
+        knowledge: KnowledgeService,
     ) -> None:
         self.db = db
         self.broker = broker
         self.registry = registry
         self.limits = limits
         self.settings = settings
+        self.knowledge = knowledge
 
     async def _model(self, name: str | None) -> str:
         route = await self.registry.resolve(name or self.registry.default_model)
         return route.name
 
+    async def _knowledge_bases(
+        self, principal: Principal, kb_ids: Sequence[str] | None
+    ) -> list[str] | None:
+        """Knowledge bases the caller may read (404 for any other); None for none."""
+        if not kb_ids:
+            return None
+        return await self.knowledge.readable(principal, kb_ids)
+
     async def create_conversation(
-        self, principal: Principal, *, title: str | None, model: str | None
+        self,
+        principal: Principal,
+        *,
+        title: str | None,
+        model: str | None,
+        knowledge_base_ids: Sequence[str] | None = None,
     ) -> Conversation:
         now = utcnow()
         conversation = Conversation(
@@ -89,6 +105,7 @@ class ChatService:
             user_id=principal.user_id,
             title=(title or "").strip() or DEFAULT_TITLE,
             model=await self._model(model),
+            knowledge_base_ids=await self._knowledge_bases(principal, knowledge_base_ids),
             created_at=now,
             updated_at=now,
         )
@@ -118,15 +135,30 @@ class ChatService:
             active = await repo.active_turn_id(conversation_id)
         return ConversationView(conversation, messages, active)
 
-    async def rename_conversation(
-        self, principal: Principal, conversation_id: str, title: str
+    async def update_conversation(
+        self,
+        principal: Principal,
+        conversation_id: str,
+        *,
+        title: str | None = None,
+        knowledge_base_ids: Sequence[str] | None = None,
     ) -> Conversation:
-        title = title.strip()
-        if not title:
-            raise BadRequest("The title is empty", code="validation_error", field="title")
+        """Rename it and/or set its knowledge bases (`[]` detaches them all)."""
+        if title is not None:
+            title = title.strip()
+            if not title:
+                raise BadRequest("The title is empty", code="validation_error", field="title")
+        kb_ids = (
+            await self._knowledge_bases(principal, knowledge_base_ids)
+            if knowledge_base_ids is not None
+            else None
+        )
         async with self.db.session() as session:
             conversation = await _require(_repo(session, principal), conversation_id)
-            conversation.title = title
+            if title is not None:
+                conversation.title = title
+            if knowledge_base_ids is not None:
+                conversation.knowledge_base_ids = kb_ids
             conversation.updated_at = utcnow()
             await session.commit()
         return conversation
@@ -142,15 +174,29 @@ class ChatService:
             await self.broker.request_cancel(active)
 
     async def post_message(
-        self, principal: Principal, conversation_id: str, *, content: str, model: str | None
+        self,
+        principal: Principal,
+        conversation_id: str,
+        *,
+        content: str,
+        model: str | None,
+        knowledge_base_ids: Sequence[str] | None = None,
     ) -> Turn:
+        """A message's own knowledge bases must all be readable (404 otherwise); the
+        conversation's are used when it gives none, less any deleted or made private since."""
         now = utcnow()
         turn_id = new_id()
         async with self.db.session() as session:
             conversation = await _require(_repo(session, principal), conversation_id)
+            if knowledge_base_ids is not None:
+                kb_ids = await self._knowledge_bases(principal, knowledge_base_ids)
+            else:
+                kb_ids = await self.knowledge.still_readable(
+                    principal, conversation.knowledge_base_ids or []
+                )
             route = await self.registry.resolve(model or conversation.model)
             admission = await self._admit(
-                principal, session, conversation_id, content, route, turn_id
+                principal, session, conversation_id, content, route, turn_id, bool(kb_ids)
             )
             try:
                 seq = await next_seq(session, conversation_id)
@@ -171,6 +217,7 @@ class ChatService:
                     api_key_id=principal.api_key_id,
                     user_message_id=message.id,
                     model=route.name,
+                    knowledge_base_ids=kb_ids or None,
                     status="queued",
                     attempts=0,
                     created_at=now,
@@ -205,10 +252,13 @@ class ChatService:
         content: str,
         route: ModelRoute,
         turn_id: str,
+        retrieves: bool,
     ) -> Admission:
         """Tokens per minute and a budget reservation for the turn (its requests were
         counted when the call was authenticated). The worst case: every byte of the context
-        the runner will send, and every reply token it may ask for."""
+        the runner will send (with the retrieved passages, when it retrieves), and every
+        reply token it may ask for."""
+        passages_bound = retrieval_prompt_bound(self.settings) if retrieves else 0
 
         async def measure() -> tuple[int, float]:
             history = [
@@ -220,7 +270,7 @@ class ChatService:
                 self.settings.context_max_tokens,
             )
             max_out = self.settings.max_output_tokens
-            worst = cost_usd(route, Usage(prompt_tokens_bound(context), max_out))
+            worst = cost_usd(route, Usage(prompt_tokens_bound(context) + passages_bound, max_out))
             return estimate_prompt_tokens(context) + max_out, worst
 
         return await self.limits.admit(

@@ -52,7 +52,7 @@ def _final(event: Event) -> bytes:
     return b"event: %s\ndata: %s\n\n" % (event.type.encode(), orjson.dumps(dict(event.data)))
 
 
-def _resume_after(connection: HTTPConnection) -> str | None:
+def resume_after(connection: HTTPConnection) -> str | None:
     after = connection.headers.get("last-event-id")
     if after is None:
         values = parse_qs(connection.scope["query_string"].decode("latin-1")).get("after")
@@ -76,7 +76,7 @@ class TurnEvents:
             )
             await count_request(services, principal, scope)
             turn = await services.chat.get_turn(principal, turn_id)
-            after = _resume_after(connection)
+            after = resume_after(connection)
             # Read before answering, so a bad id is a 400, not a broken stream.
             events = await services.broker.read(turn_id, after, timeout_s=0)
         except ChatplaneError as exc:
@@ -92,27 +92,34 @@ class TurnEvents:
                 data = {"error": turn_error(latest.error_code, latest.error_message)}
             return Event(id="", type=f"turn.{latest.status}", data=data)
 
-        stream = _Stream(services, turn_id, after, events, stored_outcome, scope["app"].state.drain)
+        stream = EventStream(
+            services, turn_id, after, events, stored_outcome, scope["app"].state.drain
+        )
         ended_long_ago = turn.status in TERMINAL_STATES and not events
         del connection, turn, events  # an idle stream keeps only what it needs
         await stream.run(receive, send, first_wait_s=0.0 if ended_long_ago else None)
 
 
-class _Stream:
+class EventStream:
+    """One client's SSE stream of a broker stream (a turn's or a document's events), from
+    after `after` until one of the `terminal` event types."""
+
     def __init__(
         self,
         services: Services,
-        turn_id: str,
+        stream: str,
         after: str | None,
         events: list[Event],
         stored_outcome: Callable[[], Awaitable[Event | None]],
         drain: Drain,
+        terminal: frozenset[str] = TERMINAL_EVENTS,
     ) -> None:
         self.broker = services.broker
         self.drain = drain
+        self.terminal = terminal
         self.started = False
         self.keepalive_s = services.settings.sse_keepalive_s
-        self.turn_id = turn_id
+        self.stream = stream
         self.after = after
         self.events = events
         self.stored_outcome = stored_outcome
@@ -164,7 +171,7 @@ class _Stream:
         checked_outcome = False
         while True:
             if not events:
-                events = await self.broker.read(self.turn_id, after, timeout_s=wait_s)
+                events = await self.broker.read(self.stream, after, timeout_s=wait_s)
                 wait_s = self.keepalive_s
             if not events:
                 if not checked_outcome:
@@ -175,7 +182,7 @@ class _Stream:
                         return
                 await send({"type": "http.response.body", "body": KEEPALIVE, "more_body": True})
                 continue
-            last = any(event.type in TERMINAL_EVENTS for event in events)
+            last = any(event.type in self.terminal for event in events)
             body = b"".join(frame(event) for event in events)
             await send({"type": "http.response.body", "body": body, "more_body": not last})
             if last:

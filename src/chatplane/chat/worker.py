@@ -1,4 +1,5 @@
-"""Claims turn jobs from the broker and runs them with bounded concurrency.
+"""Claims jobs from the broker and runs them with bounded concurrency: turns, and the other
+kinds registered as handlers (document ingestion).
 
 The same class runs inside `chatplane serve` (embedded shape) and `chatplane worker`."""
 
@@ -8,6 +9,8 @@ import asyncio
 import contextlib
 import os
 import socket
+from collections.abc import Mapping
+from typing import Protocol
 
 import structlog
 
@@ -23,6 +26,29 @@ CLAIM_WAIT_S = 1.0
 DEAD_LETTER_SWEEP_S = 10.0
 SEEN_DEAD_LETTERS_MAX = 10_000
 BROKER_RETRY_S = 1.0
+# What a job works on, named in the log line (and the error report) of a crash.
+JOB_SUBJECTS = ("turn_id", "document_id")
+
+
+class JobHandler(Protocol):
+    async def run(self, job: Job) -> None:
+        """Do the job; raising hands it back for another attempt."""
+
+    async def abandon(self, job: Job, reason: str) -> None:
+        """The job failed on every attempt: record the outcome it ends with."""
+
+
+class TurnJobs:
+    """Turn jobs, run by the `TurnRunner`."""
+
+    def __init__(self, runner: TurnRunner) -> None:
+        self.runner = runner
+
+    async def run(self, job: Job) -> None:
+        await self.runner.run(job)
+
+    async def abandon(self, job: Job, reason: str) -> None:
+        await self.runner.fail_abandoned(str(job.payload.get("turn_id")), reason, job.payload)
 
 
 def consumer_name() -> str:
@@ -38,9 +64,11 @@ class TurnWorker:
         concurrency: int,
         max_attempts: int,
         consumer: str | None = None,
+        handlers: Mapping[str, JobHandler] | None = None,
     ) -> None:
         self.broker = broker
         self.runner = runner
+        self.handlers: dict[str, JobHandler] = {TURN_JOB: TurnJobs(runner), **(handlers or {})}
         self.max_attempts = max_attempts
         self.consumer = consumer or consumer_name()
         self._slots = asyncio.Semaphore(concurrency)
@@ -69,16 +97,14 @@ class TurnWorker:
 
     async def fail_dead_lettered(self) -> int:
         """A job that died on every attempt went to the dead-letter list while its turn
-        was still `running`: end such turns `failed`. Returns how many it looked at."""
+        (or document) was still running: end it `failed`. Returns how many it looked at."""
         fresh = [
             dead
             for dead in await self.broker.dead_letters()
-            if dead.job.id not in self._seen_dead and dead.job.kind == TURN_JOB
+            if dead.job.id not in self._seen_dead and dead.job.kind in self.handlers
         ]
         for dead in fresh:
-            await self.runner.fail_abandoned(
-                str(dead.job.payload.get("turn_id")), dead.reason, dead.job.payload
-            )
+            await self.handlers[dead.job.kind].abandon(dead.job, dead.reason)
             self._seen_dead[dead.job.id] = None
             if len(self._seen_dead) > SEEN_DEAD_LETTERS_MAX:
                 del self._seen_dead[next(iter(self._seen_dead))]
@@ -111,18 +137,25 @@ class TurnWorker:
         turn_worker_done()
 
     async def _run(self, job: Job) -> None:
+        handler = self.handlers.get(job.kind)
+        if handler is None:  # a newer release's job kind during a rolling deploy
+            log.warning("job_kind_unknown", job_id=job.id, kind=job.kind)
+            await self.broker.release(job)
+            return
         try:
-            await self.runner.run(job)
+            await handler.run(job)
         except asyncio.CancelledError:
             raise
         except Exception:  # the job survives: handed back now, or failed on its last try
-            log.exception("turn_run_crashed", job_id=job.id, attempt=job.attempt)
+            log.exception(
+                "job_crashed",
+                job_id=job.id,
+                kind=job.kind,
+                attempt=job.attempt,
+                **{key: job.payload[key] for key in JOB_SUBJECTS if key in job.payload},
+            )
             if job.attempt >= self.max_attempts:
-                await self.runner.fail_abandoned(
-                    str(job.payload.get("turn_id")),
-                    f"The turn failed {job.attempt} times",
-                    job.payload,
-                )
+                await handler.abandon(job, f"The job failed {job.attempt} times")
                 await self.broker.ack(job)
             else:
                 await self.broker.release(job)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,8 @@ ROLE_MAP: dict[str, Role] = {
     "tool": "user",
 }
 ROLES = frozenset(ROLE_MAP)
+EXTENSION = "chatplane"  # our namespaced body field (the openai SDK's `extra_body`)
+MAX_KNOWLEDGE_BASES = 10  # as the native API (chat.schemas)
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +35,24 @@ class GatewayRequest:
     temperature: float | None
     top_p: float | None
     stop: list[str] | None
+    knowledge_base_ids: list[str] | None = None  # `chatplane.knowledge_base_ids`
+
+    def with_sources(self, system: str) -> GatewayRequest:
+        """The request with a system message of retrieved passages first (in the body
+        forwarded upstream too)."""
+        body = {
+            **self.body,
+            "messages": [{"role": "system", "content": system}, *self.body["messages"]],
+        }
+        return dataclasses.replace(
+            self, body=body, messages=[ChatMessage(role="system", content=system), *self.messages]
+        )
+
+    def last_user_message(self) -> str:
+        for message in reversed(self.messages):
+            if message.role == "user":
+                return message.content
+        return ""
 
     def completion(self, upstream_model: str) -> CompletionRequest:
         return CompletionRequest(
@@ -75,6 +96,22 @@ def _number(body: dict[str, Any], name: str, low: float, high: float) -> float |
     return float(value)
 
 
+def _knowledge_base_ids(extension: Any) -> list[str] | None:
+    where = f"{EXTENSION}.knowledge_base_ids"
+    if not isinstance(extension, dict):
+        raise _bad(f"'{EXTENSION}' must be an object", EXTENSION)
+    ids = extension.get("knowledge_base_ids")
+    if ids is None:
+        return None
+    if (
+        not isinstance(ids, list)
+        or not all(isinstance(i, str) and i for i in ids)
+        or len(ids) > MAX_KNOWLEDGE_BASES
+    ):
+        raise _bad(f"'{where}' must be up to {MAX_KNOWLEDGE_BASES} knowledge base ids", where)
+    return list(dict.fromkeys(ids)) or None
+
+
 def parse_request(raw: bytes) -> GatewayRequest:
     try:
         body = orjson.loads(raw)
@@ -113,6 +150,7 @@ def parse_request(raw: bytes) -> GatewayRequest:
         not isinstance(stop, list) or not all(isinstance(s, str) for s in stop) or len(stop) > 4
     ):
         raise _bad("'stop' must be a string or up to 4 strings", "stop")
+    extension = body.get(EXTENSION)
     return GatewayRequest(
         body=body,
         model=model,
@@ -123,4 +161,5 @@ def parse_request(raw: bytes) -> GatewayRequest:
         temperature=_number(body, "temperature", 0.0, 2.0),
         top_p=_number(body, "top_p", 0.0, 1.0),
         stop=stop,
+        knowledge_base_ids=None if extension is None else _knowledge_base_ids(extension),
     )

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import orjson
 import structlog
@@ -30,16 +31,22 @@ from chatplane.gateway.stream import (
     TAIL_BYTES,
     ChunkWriter,
     error_event,
+    extension_chunk,
     usage_from_json,
     usage_from_tail,
 )
 from chatplane.http.problems import error_response
+from chatplane.knowledge.citations import resolve_citations
+from chatplane.knowledge.prompt import GivenPassage
+from chatplane.knowledge.retrieval import retrieve
+from chatplane.knowledge.service import retrieval_prompt_bound
 from chatplane.limits.service import Admission, remember
 from chatplane.observability import metrics
 from chatplane.ops.drain import Drain
 from chatplane.providers.openai import OpenAIProvider
 from chatplane.providers.protocol import Finish, StreamItem, TextDelta, Usage
 from chatplane.providers.registry import ModelRoute, cost_usd
+from chatplane.providers.sse import SSEDecoder
 from chatplane.providers.tokens import (
     estimate_prompt_tokens,
     estimate_tokens,
@@ -108,9 +115,17 @@ async def _admit(
     worst case: the prompt's token bound and every token the reply may have."""
 
     async def measure() -> tuple[int, float]:
-        max_out = request.max_tokens or services.settings.max_output_tokens
-        worst = cost_usd(route, Usage(prompt_tokens_bound(request.messages), max_out))
-        return estimate_prompt_tokens(request.messages) + max_out, worst
+        settings = services.settings
+        max_out = request.max_tokens or settings.max_output_tokens
+        bound, estimate = (
+            prompt_tokens_bound(request.messages),
+            estimate_prompt_tokens(request.messages),
+        )
+        if request.knowledge_base_ids:  # the passages are not retrieved yet: their worst case
+            bound += retrieval_prompt_bound(settings)
+            estimate += settings.kb_context_max_tokens
+        worst = cost_usd(route, Usage(bound, max_out))
+        return estimate + max_out, worst
 
     return await services.limits.admit(
         principal, lease_id=new_id(), zone="gateway", measure=measure, count_request=True
@@ -141,9 +156,11 @@ class ChatCompletions:
             runner = call.passthrough
         else:
             runner = call.translated
+        kb_ids = request.knowledge_base_ids
+        work = runner() if kb_ids is None else call.with_sources(kb_ids, runner)
         try:
             with drain.call():  # a drain waits for it to finish
-                await _abort_on_disconnect(receive, runner())
+                await _abort_on_disconnect(receive, work)
         except ChatplaneError as exc:
             if isinstance(exc, ProviderError):
                 metrics.provider_error(route.kind, exc.kind)
@@ -177,6 +194,8 @@ class _Call:
         self.recorded = False
         self.cost = 0.0
         self.sent_deltas = 0  # content events sent so far: the estimate if the client leaves
+        # The passages given to the model (None: the call retrieves nothing).
+        self.given: list[GivenPassage] | None = None
         self._began = time.perf_counter()
         self._ttft_s: float | None = None
 
@@ -220,6 +239,31 @@ class _Call:
         take)."""
         self._record(None)
 
+    # The `chatplane.knowledge_base_ids` extension: retrieve, answer, cite.
+
+    async def with_sources(self, kb_ids: list[str], answer: Callable[[], Awaitable[None]]) -> None:
+        """Add the passages of the knowledge bases to the request, then answer (the answer
+        ends with the citations). Every knowledge base must be readable by the key's user."""
+        services = self.services
+        kb_ids = await services.knowledge.readable(self.principal, kb_ids)
+        prompt = await retrieve(
+            services.index,
+            services.db,
+            tenant_id=self.principal.tenant_id,
+            user_id=self.principal.user_id,
+            kb_ids=kb_ids,
+            query=self.request.last_user_message(),
+            top_k=services.settings.kb_top_k,
+            max_tokens=services.settings.kb_context_max_tokens,
+        )
+        self.request = self.request.with_sources(prompt.message)
+        self.given = prompt.passages
+        await answer()
+
+    def _citations(self, text: str) -> dict[str, Any]:
+        citations, _ = resolve_citations(text, self.given or [])
+        return {"citations": [citation.to_json() for citation in citations]}
+
     # OpenAI-compatible upstreams: bytes through, usage from the last event.
 
     def _upstream_body(self) -> bytes:
@@ -241,9 +285,14 @@ class _Call:
             await self._start(response.status, [(b"content-type", content_type), *SSE_HEADERS[1:]])
             if not self.request.stream or response.status != 200:
                 body = await response.read()
+                if self.given is not None and response.status == 200:
+                    body = self._cited_body(body)
                 await self._body(body, more=False)
                 if response.status == 200:
                     self._record(usage_from_json(body))
+                return
+            if self.given is not None:
+                await self._cited_stream(response.content.iter_any())
                 return
             tail = b""
             async for chunk in response.content.iter_any():
@@ -254,6 +303,62 @@ class _Call:
             self._record(usage_from_tail(tail))
         finally:
             response.release()
+
+    def _cited_body(self, body: bytes) -> bytes:
+        """An upstream's completion with our citations added (as it was when unreadable)."""
+        try:
+            payload = orjson.loads(body)
+            text = payload["choices"][0]["message"]["content"] or ""
+        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
+            log.warning("gateway_citations_unreadable_body")
+            return body
+        payload["chatplane"] = self._citations(str(text))
+        return orjson.dumps(payload)
+
+    async def _cited_stream(self, chunks: AsyncIterator[bytes]) -> None:
+        """An upstream stream passed on event by event (not byte for byte: its `[DONE]`
+        must come after our citations chunk), its text kept for the citations."""
+        decoder = SSEDecoder()
+        parts: list[str] = []
+        head: dict[str, Any] = {}
+        tail = b""
+        async for chunk in chunks:
+            out = [self._pass_event(event.data, parts, head) for event in decoder.feed(chunk)]
+            data = b"".join(out)
+            if data:
+                await self._body(data, more=True)
+                tail = (tail + data)[-TAIL_BYTES:]
+        data = b"".join(self._pass_event(event.data, parts, head) for event in decoder.flush())
+        created = head.get("created")
+        citations = extension_chunk(
+            str(head.get("id", "")),
+            created if isinstance(created, int) else int(time.time()),
+            str(head.get("model", self.request.model)),
+            self._citations("".join(parts)),
+        )
+        await self._body(data + citations + DONE, more=False)
+        self._record(usage_from_tail(tail + data))
+
+    def _pass_event(self, data: bytes, parts: list[str], head: dict[str, Any]) -> bytes:
+        if data == b"[DONE]":
+            return b""
+        try:
+            event = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            event = None
+        if isinstance(event, dict):
+            if not head:
+                head.update(
+                    {k: event[k] for k in ("id", "created", "model") if event.get(k) is not None}
+                )
+            for choice in event.get("choices") or ():
+                content = (
+                    (choice.get("delta") or {}).get("content") if isinstance(choice, dict) else None
+                )
+                if isinstance(content, str) and content:
+                    parts.append(content)
+                    self.sent_deltas += 1
+        return b"data: " + data + b"\n\n"
 
     # Other providers: written in OpenAI's format here.
 
@@ -266,6 +371,7 @@ class _Call:
             return
         text_len = 0
         finish = Finish()
+        parts: list[str] | None = None if self.given is None else []
         try:
             async for item in items:
                 if isinstance(item, TextDelta):
@@ -273,6 +379,8 @@ class _Call:
                         await self._start(200, SSE_HEADERS)
                         await self._body(writer.role(), more=True)
                     text_len += len(item.text)
+                    if parts is not None:
+                        parts.append(item.text)
                     await self._body(writer.delta(item.text), more=True)
                     self.sent_deltas += 1
                 elif isinstance(item, Finish):
@@ -291,6 +399,8 @@ class _Call:
         tail = writer.finish(finish.reason)
         if self.request.include_usage:
             tail += writer.usage(usage)
+        if parts is not None:
+            tail += writer.extension(self._citations("".join(parts)))
         await self._body(tail + DONE, more=False)
         self._record(usage)
 
@@ -305,7 +415,8 @@ class _Call:
         text = "".join(parts)
         usage = finish.usage or self._estimate(len(text), text)
         await self._start(200, JSON_HEADERS)
-        await self._body(writer.completion(text, finish.reason, usage), more=False)
+        extension = None if self.given is None else self._citations(text)
+        await self._body(writer.completion(text, finish.reason, usage, extension), more=False)
         self._record(usage)
 
     def _estimate(self, text_len: int, text: str | None = None) -> Usage:

@@ -52,24 +52,43 @@ class ChunkWriter:
     def usage(self, usage: Usage) -> bytes:
         return self._head + b'],"usage":' + orjson.dumps(usage_json(usage)) + b"}\n\n"
 
-    def completion(self, text: str, reason: str, usage: Usage) -> bytes:
-        return orjson.dumps(
-            {
-                "id": self.id,
-                "object": "chat.completion",
-                "created": self.created,
-                "model": self.model,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": text, "refusal": None},
-                        "logprobs": None,
-                        "finish_reason": reason,
-                    }
-                ],
-                "usage": usage_json(usage),
-            }
-        )
+    def extension(self, extension: dict[str, Any]) -> bytes:
+        return extension_chunk(self.id, self.created, self.model, extension)
+
+    def completion(
+        self, text: str, reason: str, usage: Usage, extension: dict[str, Any] | None = None
+    ) -> bytes:
+        body: dict[str, Any] = {
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text, "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": reason,
+                }
+            ],
+            "usage": usage_json(usage),
+        }
+        if extension is not None:
+            body["chatplane"] = extension
+        return orjson.dumps(body)
+
+
+def extension_chunk(id: str, created: int, model: str, extension: dict[str, Any]) -> bytes:
+    """A last chunk with no choices that carries our extension's answer (the citations)."""
+    chunk = {
+        "id": id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [],
+        "chatplane": extension,
+    }
+    return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
 
 def usage_json(usage: Usage) -> dict[str, int]:

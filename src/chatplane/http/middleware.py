@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 from time import perf_counter
 
@@ -16,6 +17,10 @@ from chatplane.observability.metrics import HttpMetrics
 REQUEST_ID_HEADER = b"x-request-id"
 # Probes come every few seconds: their lines are debug, not info.
 QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
+# The multipart route that takes document uploads, and what a multipart body adds around
+# the file (boundaries, part headers).
+UPLOAD_PATH = re.compile(r"^/api/kb/[^/]+/documents$")
+UPLOAD_ENVELOPE_BYTES = 64 * 1024
 access_log = structlog.get_logger("chatplane.access")
 HSTS = (b"strict-transport-security", b"max-age=31536000; includeSubDomains")
 SECURITY_HEADERS = [
@@ -46,9 +51,12 @@ class HttpMiddleware:
         max_body_bytes: int,
         clients: ClientResolver,
         access_log: bool = True,
+        max_upload_bytes: int | None = None,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        # Document uploads (multipart) may be larger: the file's limit plus the envelope.
+        self.max_upload_bytes = (max_upload_bytes or max_body_bytes) + UPLOAD_ENVELOPE_BYTES
         self.clients = clients
         self.metrics = HttpMetrics()
         self.access_log = access_log
@@ -66,9 +74,12 @@ class HttpMiddleware:
         structlog.contextvars.bind_contextvars(request_id=request_id)
         path: str = scope["path"]
 
+        limit = self.max_body_bytes
+        if scope["method"] == "POST" and UPLOAD_PATH.match(path):
+            limit = self.max_upload_bytes
         declared = _content_length(scope)
-        if declared is not None and declared > self.max_body_bytes:
-            await self._too_large(path, send, request_id)
+        if declared is not None and declared > limit:
+            await self._too_large(path, send, request_id, limit)
             self._done(scope, 413, began)
             return
 
@@ -81,7 +92,7 @@ class HttpMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
+                if received > limit:
                     raise BodyTooLarge
             return message
 
@@ -108,7 +119,7 @@ class HttpMiddleware:
         except BodyTooLarge:
             if not started:
                 status = 413
-                await self._too_large(path, send, request_id)
+                await self._too_large(path, send, request_id, limit)
         finally:
             self._done(scope, status, began)
 
@@ -131,8 +142,12 @@ class HttpMiddleware:
             client=client[0] if client else None,
         )
 
-    async def _too_large(self, path: str, send: Send, request_id: str) -> None:
-        exc = PayloadTooLarge(f"The request body is over {self.max_body_bytes // 1024} KB")
+    async def _too_large(self, path: str, send: Send, request_id: str, limit: int) -> None:
+        if limit == self.max_body_bytes:
+            exc = PayloadTooLarge(f"The request body is over {limit // 1024} KB")
+        else:
+            megabytes = (limit - UPLOAD_ENVELOPE_BYTES) // (1024 * 1024)
+            exc = PayloadTooLarge(f"The file is over {megabytes} MB", code="upload_too_large")
         response = error_response(path, exc)
         response.headers["x-request-id"] = request_id
         response.headers["connection"] = "close"

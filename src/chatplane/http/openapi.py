@@ -107,6 +107,35 @@ PATHS: dict[str, Any] = {
             },
         }
     },
+    "/api/kb/{kb_id}/documents/{document_id}/events": {
+        "get": {
+            "tags": ["knowledge"],
+            "summary": "Follow a document's ingestion (server-sent events)",
+            "description": "`document.queued`, `document.indexing` `{stage, done?, total?}`, "
+            "then `document.ready` `{chunks}` or `document.failed` `{error}`. Resume like a "
+            "turn's events, with `Last-Event-ID` or `?after=`.",
+            "security": BEARER,
+            "parameters": [
+                {"name": "kb_id", "in": "path", "required": True, "schema": {"type": "string"}},
+                {
+                    "name": "document_id",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string"},
+                },
+                {"name": "after", "in": "query", "schema": {"type": "string", "maxLength": 64}},
+                {
+                    "name": "Last-Event-ID",
+                    "in": "header",
+                    "schema": {"type": "string", "maxLength": 64},
+                },
+            ],
+            "responses": {
+                "200": {"description": "Event stream", "content": {"text/event-stream": {}}},
+                **_errors(PROBLEM, 400, 401, 404),
+            },
+        }
+    },
     "/v1/chat/completions": {
         "post": {
             "tags": ["gateway"],

@@ -17,6 +17,7 @@ Helpers for code that records metrics (each costs about a microsecond):
 - `login_failed(reason)`: credentials, disabled or locked.
 - `redis_error(component)`: a Redis call failed (broker, broker_reader, limits, cache...).
 - turns: `turn_started`, `turn_first_token`, `turn_ended` (the runner).
+- `citations_dropped(count)`: numbers an answer cited that named no given passage.
 
 Multi-process: when `PROMETHEUS_MULTIPROC_DIR` is set before this module is imported (as
 `chatplane serve --workers N` does), values live in files shared by the processes and any
@@ -160,6 +161,40 @@ LOGIN_FAILURES = Counter(
     "chatplane_login_failures",
     "Failed password logins by reason (credentials, disabled, locked).",
     ["reason"],
+)
+
+KB_DOCUMENTS = Counter(
+    "chatplane_kb_documents",
+    "Knowledge-base documents by event: queued (uploaded), ready (indexed), failed.",
+    ["event"],
+)
+KB_CHUNKS_INDEXED = Counter(
+    "chatplane_kb_chunks_indexed",
+    "Chunks written to the knowledge index by ingestion jobs.",
+)
+KB_INGEST_DURATION = Histogram(
+    "chatplane_kb_ingest_duration_seconds",
+    "Time an ingestion job took from claim to ready (extract, chunk, embed, write).",
+    buckets=_LATENCY_BUCKETS,
+)
+KB_EMBED_DURATION = Histogram(
+    "chatplane_kb_embed_duration_seconds",
+    "Time to embed one document's chunks.",
+    buckets=_LATENCY_BUCKETS,
+)
+KB_EMBED_ERRORS = Counter(
+    "chatplane_kb_embed_errors",
+    "Embedding calls that failed (the document is retried, then failed).",
+)
+KB_RETRIEVAL_DURATION = Histogram(
+    "chatplane_kb_retrieval_duration_seconds",
+    "Knowledge retrieval (search) latency by mode (lexical, hybrid).",
+    ["mode"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+CITATIONS_DROPPED = Counter(
+    "chatplane_citations_dropped",
+    "Cited numbers in answers that named no passage given to the model ([7] of 3, [0]).",
 )
 
 # Read from the broker at scrape time: (name, help).
@@ -388,6 +423,10 @@ def redis_error(component: str) -> None:
     REDIS_ERRORS.labels(component).inc()
 
 
+def citations_dropped(count: int) -> None:
+    CITATIONS_DROPPED.inc(count)
+
+
 # The database pool: gauges kept current by pool events, so every process's files hold
 # its own pool and the sums are right without asking each process at scrape time.
 
@@ -415,3 +454,30 @@ def _set_pool_gauges(pool: Pool, capacity: int, pending: int) -> None:
     DB_POOL_SIZE.set(pool.size())  # type: ignore[attr-defined]
     DB_POOL_OVERFLOW.set(max(0, pool.overflow()))  # type: ignore[attr-defined]
     DB_POOL_USAGE_RATIO.set(in_use / capacity if capacity > 0 else 0.0)
+
+
+# Knowledge bases.
+
+
+def kb_document_queued() -> None:
+    KB_DOCUMENTS.labels("queued").inc()
+
+
+def kb_document_ended(outcome: str, *, chunks: int = 0, seconds: float | None = None) -> None:
+    """An ingestion job ended: `ready` (with its chunk count and duration) or `failed`."""
+    KB_DOCUMENTS.labels(outcome).inc()
+    if chunks:
+        KB_CHUNKS_INDEXED.inc(chunks)
+    if seconds is not None:
+        KB_INGEST_DURATION.observe(seconds)
+
+
+def kb_embedded(seconds: float, *, failed: bool = False) -> None:
+    if failed:
+        KB_EMBED_ERRORS.inc()
+    else:
+        KB_EMBED_DURATION.observe(seconds)
+
+
+def kb_retrieved(mode: str, seconds: float) -> None:
+    KB_RETRIEVAL_DURATION.labels(mode).observe(seconds)

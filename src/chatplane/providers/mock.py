@@ -5,6 +5,9 @@
   deltas gives the message back exactly. An empty (or missing) user message gives no
   text at all: the stream is only the `Finish`.
 - `mock` streams a fixed filler reply of `chunks` chunks.
+- `mock-cite` answers from the passages of a retrieval system message
+  (`chatplane.knowledge.prompt`): for each of the first two it writes `[n]` and quotes the
+  passage's first sentence in double quotes; with no passages it says it found no sources.
 
 Both are paced by `ttft_ms` (before the first chunk) and `chunk_delay_ms` (between
 chunks); a zero delay never sleeps. With probability `failure_rate` a stream fails with
@@ -20,6 +23,7 @@ import re
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 
 from chatplane.errors import ProviderError
+from chatplane.knowledge import prompt as retrieval_prompt  # a module: the import is circular
 from chatplane.providers.protocol import (
     ChatMessage,
     CompletionRequest,
@@ -33,7 +37,10 @@ from chatplane.settings import Settings
 
 MOCK_ECHO = "mock-echo"
 MOCK_FILLER = "mock"
-MOCK_MODELS: tuple[str, ...] = (MOCK_ECHO, MOCK_FILLER)
+MOCK_CITE = "mock-cite"
+MOCK_MODELS: tuple[str, ...] = (MOCK_ECHO, MOCK_FILLER, MOCK_CITE)
+MOCK_CITE_PASSAGES = 2
+NO_SOURCES_REPLY = "I found no sources for this question in the knowledge bases."
 
 FILLER_TEXT = (
     "The quick brown fox jumps over the lazy dog while the mock model keeps talking so "
@@ -65,6 +72,22 @@ def last_user_message(messages: Sequence[ChatMessage]) -> str:
         if message.role == "user":
             return message.content
     return ""
+
+
+def cited_reply(messages: Sequence[ChatMessage]) -> str:
+    """`mock-cite`'s answer: the first two passages of the first system message that has
+    any, each as `[n] "its first sentence"`."""
+    for message in messages:
+        if message.role != "system":
+            continue
+        passages = retrieval_prompt.parse_passages(message.content)
+        if passages:
+            quotes = [
+                f'[{n}] "{retrieval_prompt.first_sentence(text)}"'
+                for n, text in passages[:MOCK_CITE_PASSAGES]
+            ]
+            return "From the sources: " + " ".join(quotes)
+    return NO_SOURCES_REPLY
 
 
 class MockProvider:
@@ -106,6 +129,8 @@ class MockProvider:
             return last_user_message(request.messages)
         if request.model == MOCK_FILLER:
             return "".join(filler_chunks(self.chunks))
+        if request.model == MOCK_CITE:
+            return cited_reply(request.messages)
         raise ProviderError(
             f"the mock provider has no model {request.model!r} (use {', '.join(MOCK_MODELS)})",
             kind="not_found",
