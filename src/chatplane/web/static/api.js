@@ -33,6 +33,11 @@ function readCookie(name) {
   return "";
 }
 
+/** The value the API wants in the X-CSRF-Token header of a state-changing call. */
+export function csrfToken() {
+  return readCookie(CSRF_COOKIE);
+}
+
 /** The CSRF cookie is set with the session cookie: without it there is no session to ask about. */
 export function mayHaveSession() {
   return readCookie(CSRF_COOKIE) !== "";
@@ -102,6 +107,10 @@ export const api = {
   getConversation: (id) => request("GET", `/api/conversations/${enc(id)}`),
   renameConversation: (id, title) =>
     request("PATCH", `/api/conversations/${enc(id)}`, { body: { title } }),
+  setConversationKnowledge: (id, knowledgeBaseIds) =>
+    request("PATCH", `/api/conversations/${enc(id)}`, {
+      body: { knowledge_base_ids: knowledgeBaseIds },
+    }),
   deleteConversation: (id) => request("DELETE", `/api/conversations/${enc(id)}`),
 
   sendMessage: (conversationId, content, model) =>

@@ -1,6 +1,8 @@
 // chatplane web app: login, conversation list, chat thread with streamed answers.
 
 import { ApiError, api, mayHaveSession, onUnauthorized } from "./api.js";
+import { KnowledgePicker } from "./kb-picker.js";
+import { KnowledgePages } from "./knowledge.js";
 import { ModelPicker } from "./models.js";
 import { Sidebar, titleOf } from "./sidebar.js";
 import { followTurn } from "./stream.js";
@@ -42,10 +44,13 @@ const state = {
   sending: false, // a message is on its way (before the turn stream opens)
   openSeq: 0, // guards against out-of-order conversation loads
   invite: null, // the token of an invitation being accepted
+  section: "chat", // "chat" or "kb" (the knowledge pages)
 };
 
 const thread = new Thread();
 const models = new ModelPicker();
+const kbPicker = new KnowledgePicker({ onChange: saveKnowledgeSelection });
+const knowledge = new KnowledgePages({ onChange: () => kbPicker.load() });
 const sidebar = new Sidebar({
   onRename: renameConversation,
   onDelete: deleteConversation,
@@ -101,6 +106,7 @@ async function showChat(user) {
   $("user-avatar").textContent = (user.email || "?").slice(0, 1).toUpperCase();
   $("admin-link").hidden = !(user.role === "owner" || user.role === "admin" || user.is_superadmin);
   showView("chat");
+  kbPicker.load(); // not awaited: the chat does not wait for the knowledge bases
   await Promise.all([models.load(), loadConversations()]);
   await openFromLocation();
 }
@@ -246,13 +252,47 @@ function conversationIdFromLocation() {
   return match ? decodeURIComponent(match[1]) : null;
 }
 
+/** `#/kb` (the list) or `#/kb/<id>` (one knowledge base); null for the chat's routes. */
+function knowledgeRouteFromLocation() {
+  const match = location.hash.match(/^#\/kb(?:\/([^/?#]+))?\/?$/);
+  return match ? { kbId: match[1] ? decodeURIComponent(match[1]) : null } : null;
+}
+
+/** The main area shows the chat or the knowledge pages; the sidebar stays. */
+function showSection(name) {
+  const was = state.section;
+  state.section = name;
+  $("chat-main").hidden = name !== "chat";
+  $("kb-view").hidden = name !== "kb";
+  const link = $("kb-link");
+  link.classList.toggle("active", name === "kb");
+  if (name === "kb") link.setAttribute("aria-current", "page");
+  else link.removeAttribute("aria-current");
+  if (name === "kb") {
+    kbPicker.close();
+    sidebar.setActive(null);
+  } else if (was === "kb") {
+    knowledge.leave();
+    document.title = "chatplane";
+    sidebar.setActive(state.conversationId);
+  }
+}
+
 async function openFromLocation() {
+  const route = knowledgeRouteFromLocation();
+  if (route) {
+    showSection("kb");
+    closeDrawer();
+    knowledge.show(route.kbId);
+    return;
+  }
   const id = conversationIdFromLocation();
   if (id) await openConversation(id);
   else showEmptyChat();
 }
 
 function showEmptyChat() {
+  showSection("chat");
   stopFollowing();
   state.conversationId = null;
   state.conversation = null;
@@ -260,11 +300,13 @@ function showEmptyChat() {
   thread.clear();
   $("conv-title").textContent = "New chat";
   models.showPreferred();
+  kbPicker.set([]);
   setComposerBusy(false);
   focusComposer();
 }
 
 async function openConversation(id) {
+  showSection("chat");
   if (id === state.conversationId && state.conversation) return;
   stopFollowing();
   const seq = ++state.openSeq;
@@ -274,7 +316,9 @@ async function openConversation(id) {
   thread.clear();
   $("conv-title").textContent = titleOf(sidebar.get(id));
   models.show(sidebar.get(id)?.model);
+  kbPicker.set(sidebar.get(id)?.knowledge_base_ids || []);
   const pickedBefore = models.userChanges;
+  const kbPickedBefore = kbPicker.changes;
   setComposerBusy(false);
 
   let conversation;
@@ -295,6 +339,7 @@ async function openConversation(id) {
   state.conversation = conversation;
   $("conv-title").textContent = titleOf(conversation);
   if (models.userChanges === pickedBefore) models.show(conversation.model);
+  if (kbPicker.changes === kbPickedBefore) kbPicker.set(conversation.knowledge_base_ids || []);
   thread.showMessages(conversation.messages || [], id);
   if (conversation.active_turn_id) {
     // An answer is still being written (e.g. the page was reloaded mid-answer): replay its
@@ -309,8 +354,11 @@ async function newConversation() {
   const button = $("new-chat");
   button.disabled = true;
   try {
-    const model = models.value;
-    const conversation = await api.createConversation(model ? { model } : {});
+    const fields = {};
+    if (models.value) fields.model = models.value;
+    const knowledgeBaseIds = kbPicker.value;
+    if (knowledgeBaseIds.length) fields.knowledge_base_ids = knowledgeBaseIds;
+    const conversation = await api.createConversation(fields);
     sidebar.upsert(conversation, { toTop: true });
     await navigateTo(conversation.id);
     return conversation;
@@ -327,6 +375,25 @@ function navigateTo(id) {
   const hash = `#/c/${encodeURIComponent(id)}`;
   if (location.hash !== hash) history.pushState(null, "", hash);
   return openConversation(id);
+}
+
+/** The picker changed: save it on the open chat (the empty screen keeps it for the new one). */
+async function saveKnowledgeSelection(ids) {
+  const id = state.conversationId;
+  if (!id) return true;
+  try {
+    const updated = await api.setConversationKnowledge(id, ids);
+    const { messages: _messages, ...meta } = updated || {};
+    sidebar.upsert({ id, knowledge_base_ids: ids, ...meta });
+    sidebar.setActive(state.conversationId);
+    if (id === state.conversationId && state.conversation) {
+      state.conversation = { ...state.conversation, ...meta, knowledge_base_ids: ids };
+    }
+    return true;
+  } catch (error) {
+    toastError(error);
+    return false;
+  }
 }
 
 async function renameConversation(id, title, previousTitle) {
@@ -452,6 +519,7 @@ function follow(turnId, conversationId, eventsUrl) {
   live.stream = followTurn(turnId, {
     url: eventsUrl,
     onText: (text) => message.setText(text),
+    onCitations: (citations) => message.setCitations(citations),
     onStatus: (status) => message.setStatus(status === "running" ? "streaming" : status),
     onReconnecting: (on) =>
       message.setStatus(message.node.dataset.status, { reconnecting: on }),
@@ -462,18 +530,23 @@ function follow(turnId, conversationId, eventsUrl) {
 async function onTurnEnd(live, end) {
   if (state.live === live) state.live = null;
   let text = end.text;
-  if (end.replayed && end.status === "completed") {
-    // The live stream was gone; take the stored answer from the conversation.
+  let citations = null;
+  // The live event names no file: the stored message's citations do.
+  const unnamed = live.message.cites.citations.some((c) => !c.filename);
+  if (end.status === "completed" && (end.replayed || unnamed)) {
+    // The live stream was gone, or the sources need their names: ask the stored answer.
     try {
       const conversation = await api.getConversation(live.conversationId);
       const stored = (conversation.messages || []).find((m) => m.id === end.messageId) ||
         (conversation.messages || []).filter((m) => m.role === "assistant").at(-1);
-      if (stored) text = stored.content;
+      if (stored && end.replayed) text = stored.content;
+      if (stored && Array.isArray(stored.citations)) citations = stored.citations;
     } catch (error) {
       toastError(error);
     }
   }
   live.message.finish({ ...end, text }); // a failure shows in place, under the answer
+  if (citations) live.message.setCitations(citations);
   if (live.conversationId === state.conversationId) {
     setComposerBusy(false);
     focusComposer();
@@ -572,6 +645,8 @@ function wire() {
   $("composer-input").addEventListener("input", autosize);
   $("stop").addEventListener("click", stopAnswer);
   $("sidebar-open").addEventListener("click", openDrawer);
+  $("kb-sidebar-open").addEventListener("click", openDrawer);
+  $("kb-link").addEventListener("click", closeDrawer);
   $("sidebar-close").addEventListener("click", closeDrawer);
   $("scrim").addEventListener("click", closeDrawer);
   document.addEventListener("keydown", (event) => {

@@ -15,11 +15,12 @@ const REOPEN_DELAY_MS = [1000, 2000, 4000, 8000];
 /**
  * @param {string} turnId
  * @param {{url?: string, onText: (text: string) => void, onStatus?: (status: string) => void,
+ *          onCitations?: (citations: object[]) => void,
  *          onEnd: (end: {status: string, error: object|null, messageId: string|null,
  *          text: string, replayed: boolean}) => void, onReconnecting?: (on: boolean) => void}} handlers
  * @returns {{close: () => void, resync: () => Promise<void>, get text(): string}}
  */
-export function followTurn(turnId, { url, onText, onStatus, onEnd, onReconnecting }) {
+export function followTurn(turnId, { url, onText, onStatus, onCitations, onEnd, onReconnecting }) {
   const baseUrl = url || api.turnEventsUrl(turnId);
   let text = "";
   let lastEventId = "";
@@ -46,8 +47,10 @@ export function followTurn(turnId, { url, onText, onStatus, onEnd, onReconnectin
       // The worker died and another one runs the turn again: the partial text is void.
       text = "";
       onText(text);
+      onCitations?.([]);
       onStatus?.("queued");
     },
+    "turn.citations": (data) => onCitations?.(Array.isArray(data.citations) ? data.citations : []),
     "turn.completed": (data) => finish({ status: "completed", messageId: data.message_id ?? null }),
     "turn.failed": (data) => finish({ status: "failed", error: data.error ?? null }),
     "turn.cancelled": () => finish({ status: "cancelled" }),

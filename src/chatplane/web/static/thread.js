@@ -1,5 +1,6 @@
 // The message thread: user bubbles, assistant answers rendered as Markdown, live streaming.
 
+import { CitationBlock, linkMarkers } from "./citations.js";
 import { renderMarkdown } from "./markdown.js";
 import { $, copyText, el, icon } from "./ui.js";
 
@@ -88,11 +89,13 @@ function userMessage({ id, content, pending = false }) {
 
 /** One assistant answer; re-renders its Markdown at most once per frame while streaming. */
 export class AssistantMessage {
-  constructor(thread, { id, content, status = "completed", turnId }) {
+  constructor(thread, { id, content, status = "completed", turnId, citations = null }) {
     this.thread = thread;
     this.source = content || "";
     this.frame = 0;
     this.body = el("div", { class: "md" });
+    this.cites = new CitationBlock();
+    this.cites.update(citations);
     this.note = el("div", { class: "msg-note", hidden: true });
     this.actions = el(
       "div",
@@ -111,8 +114,15 @@ export class AssistantMessage {
         dataset: { role: "assistant", ...(id ? { messageId: id } : {}), ...(turnId ? { turnId } : {}) },
       },
       el("div", { class: "msg-avatar", "aria-hidden": "true" }, svgLogo()),
-      el("div", { class: "msg-main" }, this.body, el("div", { class: "msg-foot" }, this.note, this.actions)),
+      el(
+        "div",
+        { class: "msg-main" },
+        this.body,
+        this.cites.node,
+        el("div", { class: "msg-foot" }, this.note, this.actions),
+      ),
     );
+    this.node.dataset.citations = String(this.cites.citations.length);
     this.setStatus(status);
     this.paint();
   }
@@ -130,8 +140,16 @@ export class AssistantMessage {
 
   paint() {
     this.body.innerHTML = renderMarkdown(this.source); // safe: renderMarkdown escapes all text
+    linkMarkers(this.body, this.cites.numbers, (n) => this.cites.showQuote(n, { focus: true }));
     this.body.dataset.source = this.source;
     this.body.classList.toggle("empty", this.source.length === 0);
+  }
+
+  /** The sources of the answer (`turn.citations`, or the stored message's). */
+  setCitations(citations) {
+    this.cites.update(citations);
+    this.node.dataset.citations = String(this.cites.citations.length);
+    if (!this.frame) this.paint(); // link the [n] markers already shown
   }
 
   /** streaming | queued | completed | cancelled | failed */
