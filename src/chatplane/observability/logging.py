@@ -10,21 +10,13 @@ from typing import Any
 import orjson
 import structlog
 
+from chatplane.observability.redaction import redact_fields
 from chatplane.settings import Settings
-
-REDACTED_KEYS = frozenset(
-    {"password", "token", "access_token", "refresh_token", "api_key", "authorization", "secret"}
-)
-CONTENT_KEYS = frozenset({"content", "text", "prompt", "messages"})
 
 
 def _redactor(log_content: bool) -> structlog.types.Processor:
     def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-        for key in event.keys() & REDACTED_KEYS:
-            event[key] = "[redacted]"
-        if not log_content:
-            for key in event.keys() & CONTENT_KEYS:
-                event[key] = "[content]"
+        redact_fields(event, keep_content=log_content)
         return event
 
     return redact
@@ -52,10 +44,17 @@ def configure_logging(settings: Settings) -> None:
             exception_formatter=structlog.dev.plain_traceback,
         )
     )
+    # Error-level events also go to the error tracker, redacted like the line (loaded only
+    # when a DSN is set: nothing of it on the path of a line otherwise).
+    reporting: list[structlog.types.Processor] = []
+    if settings.sentry_dsn:
+        from chatplane.observability.error_tracking import report_error_event
+
+        reporting.append(report_error_event)
     structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info, renderer]
+        processors=[*shared, *reporting, structlog.processors.format_exc_info, renderer]
         if settings.log_json
-        else [*shared, renderer],
+        else [*shared, *reporting, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[settings.log_level]
         ),
