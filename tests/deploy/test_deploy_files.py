@@ -254,5 +254,8 @@ def test_ingress_streams_unbuffered() -> None:
     annotations = ingress["metadata"]["annotations"]
     assert annotations["nginx.ingress.kubernetes.io/proxy-buffering"] == "off"
     assert int(annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"]) >= 600
+    # WebSockets (/api/ws) stay open in both directions far longer than the app's pings.
+    assert int(annotations["nginx.ingress.kubernetes.io/proxy-send-timeout"]) >= 600
+    assert annotations["nginx.ingress.kubernetes.io/proxy-http-version"] == "1.1"
     backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
     assert backend["name"] == by_kind("Service")["metadata"]["name"]

@@ -600,12 +600,12 @@ def handshake(port: int, cert: Path, headers: dict[str, str]) -> str:
 
 
 async def test_a_websocket_handshake_reaches_the_app_as_one(front: Front) -> None:
-    """The app has no /api/ws route yet: a handshake passed on as a WebSocket is closed by
-    its router (403), where a plain GET finds no page (404). With the route it is a 101."""
+    """A handshake passed on as a WebSocket is upgraded by the app (101), where a plain GET
+    finds no page (404)."""
     request_id = f"nginx-ws-{uuid.uuid4().hex}"
     headers = {"authorization": f"Bearer {front.key}", "x-request-id": request_id}
     status = await asyncio.to_thread(handshake, front.nginx.https_port, front.nginx.cert, headers)
-    assert status.split(" ")[1] in ("101", "403"), status
+    assert status.split(" ")[1] == "101", status
     [line] = await poll(lambda: logged(front, {request_id}), "the handshake in nginx's log")
     assert line["upstream"] in {f"127.0.0.1:{api.port}" for api in front.apis}
     assert line["upstream_status"] == status.split(" ")[1]  # the app's answer, not nginx's
