@@ -21,10 +21,12 @@ from chatplane.chat.service import ChatService
 from chatplane.chat.worker import TurnWorker
 from chatplane.crypto import SecretBox, encryption_key
 from chatplane.db.engine import Database, create_engine
+from chatplane.errors import ChatplaneError
 from chatplane.knowledge.blobs import BlobStore, create_blob_store
 from chatplane.knowledge.embedders import Embedder, create_embedder
 from chatplane.knowledge.index import KnowledgeIndex
 from chatplane.knowledge.ingest import DocumentIngester
+from chatplane.knowledge.reindex import REINDEX_JOB, Reindexer
 from chatplane.knowledge.service import INGEST_JOB, KnowledgeService
 from chatplane.limits import LimitStores, WindowCounter, create_limit_stores
 from chatplane.limits.service import LimitService
@@ -61,6 +63,7 @@ class Services:
     index: KnowledgeIndex
     knowledge: KnowledgeService
     ingester: DocumentIngester
+    reindexer: Reindexer
     worker: TurnWorker | None = None
     presence: Presence | None = None
 
@@ -136,6 +139,7 @@ async def build_services(
         index=index,
         knowledge=knowledge,
         ingester=DocumentIngester(db, broker, blobs, index, settings),
+        reindexer=Reindexer(db, broker, index, settings),
     )
     await services.endpoints.load()
     services.endpoints.start_refresh()
@@ -146,9 +150,10 @@ async def build_services(
             runner,
             concurrency=settings.turn_concurrency,
             max_attempts=settings.turn_max_attempts,
-            handlers={INGEST_JOB: services.ingester},
+            handlers={INGEST_JOB: services.ingester, REINDEX_JOB: services.reindexer},
         )
         services.worker.start()
+        await _schedule_reindex(services.reindexer)
     services.presence = create_presence(settings, process_kind, services.worker)
     # What start-up made lives as long as the process: keep it out of the collector, so
     # a full collection under load takes milliseconds instead of stalling every stream
@@ -156,6 +161,15 @@ async def build_services(
     gc.collect()
     gc.freeze()
     return services
+
+
+async def _schedule_reindex(reindexer: Reindexer) -> None:
+    """Knowledge bases whose vectors are not the configured embedder's get re-indexed in
+    the background; a broker that does not answer now only delays it to the next start."""
+    try:
+        await reindexer.schedule()
+    except ChatplaneError as exc:
+        log.warning("kb_reindex_not_scheduled", error=exc.detail)
 
 
 def get_services(request: Request) -> Services:

@@ -74,6 +74,16 @@ async def populate(live: LiveServer) -> Tenancy:
             ),
             201,
         )
+        kb_name = f"kb-{uuid.uuid4().hex[:10]}"
+        kb = expect(await admin.post("/api/kb", json={"name": kb_name}), 201)
+        filename = f"doc-{uuid.uuid4().hex[:10]}.txt"
+        document = expect(
+            await admin.post(
+                f"/api/kb/{kb['id']}/documents",
+                files={"file": (filename, f"Secret notes of {kb_name}".encode())},
+            ),
+            202,
+        )
     ids = {
         "conversation_id": conversation["id"],
         "turn_id": turn["turn_id"],
@@ -83,8 +93,13 @@ async def populate(live: LiveServer) -> Tenancy:
         "budget_id": budget["id"],
         "session_id": session_id,
         "tenant_id": org.tenant_id,
+        "kb_id": kb["id"],
+        "document_id": document["document_id"],
     }
-    markers = {*ids.values(), org.slug, org.owner.id, org.owner.email, member.email, invitee}
+    markers = {
+        *ids.values(),
+        *(org.slug, org.owner.id, org.owner.email, member.email, invitee, kb_name, filename),
+    }
     return Tenancy(org, member, member_token, ids, frozenset(markers | {key["prefix"]}))
 
 
@@ -133,8 +148,14 @@ def sample(schema: dict[str, Any], document: dict[str, Any], name: str = "") -> 
     return None
 
 
+# The body of a multipart route (a document upload): one small text file.
+MULTIPART = object()
+
+
 def request_body(operation: dict[str, Any], document: dict[str, Any]) -> Any:
     content = operation.get("requestBody", {}).get("content", {})
+    if "multipart/form-data" in content:
+        return MULTIPART
     if "application/json" not in content:
         return None
     return sample(content["application/json"]["schema"], document)
@@ -142,6 +163,10 @@ def request_body(operation: dict[str, Any], document: dict[str, Any]) -> Any:
 
 async def call(client: httpx.AsyncClient, method: str, url: str, body: Any) -> tuple[int, str]:
     """Status and body text; an event stream's body is not read (it may never end)."""
+    if body is MULTIPART:
+        files = {"file": (f"walk-{uuid.uuid4().hex[:8]}.txt", uuid.uuid4().bytes.hex().encode())}
+        response = await client.request(method, url, files=files)
+        return response.status_code, response.text
     async with client.stream(method, url, json=body) as response:
         if response.headers.get("content-type", "").startswith("text/event-stream"):
             return response.status_code, ""

@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field
 
 TurnStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
 
@@ -26,12 +26,6 @@ class ConversationPatch(BaseModel):
     knowledge_base_ids: KnowledgeBaseIds | None = Field(
         default=None, max_length=MAX_KNOWLEDGE_BASES
     )
-
-    @model_validator(mode="after")
-    def _something(self) -> ConversationPatch:
-        if self.title is None and self.knowledge_base_ids is None:
-            raise ValueError("Give a title or knowledge_base_ids")
-        return self
 
 
 class ConversationOut(BaseModel):

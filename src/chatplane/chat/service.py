@@ -143,7 +143,8 @@ class ChatService:
         title: str | None = None,
         knowledge_base_ids: Sequence[str] | None = None,
     ) -> Conversation:
-        """Rename it and/or set its knowledge bases (`[]` detaches them all)."""
+        """Rename it and/or set its knowledge bases (`[]` detaches them all); a patch
+        with neither changes nothing."""
         if title is not None:
             title = title.strip()
             if not title:
@@ -155,6 +156,8 @@ class ChatService:
         )
         async with self.db.session() as session:
             conversation = await _require(_repo(session, principal), conversation_id)
+            if title is None and knowledge_base_ids is None:
+                return conversation  # nothing to change
             if title is not None:
                 conversation.title = title
             if knowledge_base_ids is not None:

@@ -173,17 +173,22 @@ class DocumentIngester:
         await self.broker.expire(stream, self.settings.turn_events_ttl_s)
 
     async def _beat(self, job: Job, work: Awaitable[T]) -> T:
-        """Await `work` while keeping the job's claim alive (a long document outlives the
-        visibility timeout); a lost claim stops the work (`JobLost`)."""
-        task = asyncio.ensure_future(work)
-        interval = self.settings.job_visibility_timeout_s / 3
-        try:
-            while True:
-                done, _ = await asyncio.wait({task}, timeout=interval)
-                if done:
-                    return task.result()
-                await self.broker.heartbeat(job)
-        finally:
-            if not task.done():
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+        return await keep_claimed(
+            self.broker, job, self.settings.job_visibility_timeout_s / 3, work
+        )
+
+
+async def keep_claimed(broker: Broker, job: Job, interval_s: float, work: Awaitable[T]) -> T:
+    """Await `work` while keeping the job's claim alive (a long document outlives the
+    visibility timeout); a lost claim stops the work (`JobLost`)."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=interval_s)
+            if done:
+                return task.result()
+            await broker.heartbeat(job)
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
