@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from bench.knowledge import KNOWLEDGE, knowledge_lines, knowledge_targets
 from bench.limits import LIMITS
 from bench.observability import OBSERVABILITY
 from bench.scenarios import (
@@ -109,6 +110,8 @@ def targets(
         return _limits_targets(result)
     if scenario == OBSERVABILITY:
         return _observability_targets(result)
+    if scenario == KNOWLEDGE:
+        return knowledge_targets(result)
     if scenario == NATIVE_SCALED:
         return []  # no target is stated for the scaled shape; idle RSS is per process
     checks = [
@@ -296,6 +299,8 @@ def notes(results: Mapping[str, Mapping[str, Any]]) -> str:
             lines.extend(limits_lines(result))
         if scenario == OBSERVABILITY:
             lines.extend(observability_lines(result))
+        if scenario == KNOWLEDGE:
+            lines.extend(knowledge_lines(result))
         measured = [(name, run["machine_cpu"]) for name, run in result["runs"].items()]
         if "sse_idle" in result:
             measured.append(("idle window", result["sse_idle"]["machine_cpu"]))

@@ -13,11 +13,14 @@
 - `observability`: what the Prometheus HTTP metrics and the access log cost per request:
   `HttpMiddleware` called directly (in-process and multi-process metrics), and `/v1` with
   the access log off vs on (`bench/observability.py`).
+- `knowledge`: knowledge bases on SQLite and Postgres: ingestion throughput, search latency
+  at 1k-100k chunks, retrieval quality on the standard library's docstrings
+  (`bench/knowledge.py`).
 
 One embedded chatplane server (and the fake upstream, when the passthrough runs) serves
 `v1-mock`, `v1-passthrough` and `native`; CPU time is read per measured phase, so scenarios
 do not mix. `native-scaled`, `sse-idle`, `limits` and `observability` start (and stop) their
-own processes.
+own processes; `knowledge` runs in this process on databases of its own.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import aiohttp
 
 from bench.bare import start_bare
 from bench.clients import ChatCompletionStream, NativeTurn
+from bench.knowledge import KNOWLEDGE, KnowledgeOptions, measure_knowledge
 from bench.limits import LIMITS, measure_limits
 from bench.loadgen import RequestFn, Sample, client_session, run_load
 from bench.observability import OBSERVABILITY, measure_observability
@@ -56,7 +60,7 @@ SCENARIOS = (V1_MOCK, V1_PASSTHROUGH, NATIVE)
 EMBEDDED_SCENARIOS = SCENARIOS
 # Named groups of scenarios besides `all`.
 GROUPS: dict[str, tuple[str, ...]] = {"shapes": (NATIVE, NATIVE_SCALED)}
-ALL_SCENARIOS = (*SCENARIOS, NATIVE_SCALED, SSE_IDLE, LIMITS, OBSERVABILITY)
+ALL_SCENARIOS = (*SCENARIOS, NATIVE_SCALED, SSE_IDLE, LIMITS, OBSERVABILITY, KNOWLEDGE)
 MOCK_MODEL = "mock"
 FLOOR_RUN = "bare-asgi"
 KIB_PER_MB = 1024
@@ -371,6 +375,11 @@ async def run_observability(env: BenchEnvironment, options: BenchOptions) -> dic
     return await measure_observability(env.workdir / "observability", options, measure)
 
 
+async def run_knowledge(env: BenchEnvironment, options: BenchOptions) -> dict[str, Any]:
+    """Its own options (`python -m bench.knowledge --help`); here the defaults."""
+    return await measure_knowledge(env.workdir / "knowledge", KnowledgeOptions())
+
+
 ScenarioFn = Callable[[BenchEnvironment, BenchOptions], Awaitable[dict[str, Any]]]
 RUNNERS: dict[str, ScenarioFn] = {
     V1_MOCK: run_v1_mock,
@@ -380,4 +389,5 @@ RUNNERS: dict[str, ScenarioFn] = {
     SSE_IDLE: run_sse_idle,
     LIMITS: run_limits,
     OBSERVABILITY: run_observability,
+    KNOWLEDGE: run_knowledge,
 }
