@@ -291,3 +291,19 @@ async def test_bad_searches_are_refused(live: LiveServer, body: dict[str, Any]) 
         kb = await create_kb(client)
         response = await client.post(f"/api/kb/{kb['id']}/search", json=body)
         assert response.status_code == 422
+
+
+async def test_metrics_show_documents_by_status(live: LiveServer) -> None:
+    async with live.client() as client:
+        kb = await create_kb(client)
+        await indexed(client, kb["id"], "metrics.txt", unique("metrics text").encode())
+        text = (await client.get("/metrics")).text
+    ready = [
+        line
+        for line in text.splitlines()
+        if line.startswith('chatplane_kb_documents_by_status{status="ready"}')
+    ]
+    assert ready, "no ready documents gauge"
+    assert float(ready[0].rsplit(" ", 1)[1]) >= 1
+    assert "chatplane_kb_oldest_waiting_document_age_seconds" in text
+    assert "chatplane_kb_chunks_indexed_total" in text

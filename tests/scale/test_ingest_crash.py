@@ -127,7 +127,8 @@ async def test_a_worker_killed_mid_document_leaves_every_chunk_once(
         )
         body = search.json()
         assert body["mode"] == "hybrid"
-        assert "Storm number 7" in body["results"][0]["text"]
+        # The fake's vectors are random: the passage is among the results, not always first.
+        assert any("Storm number 7" in hit["text"] for hit in body["results"])
 
     connection = await asyncpg.connect(
         cluster.env["CHATPLANE_DATABASE_URL"].replace("postgresql+asyncpg", "postgresql")

@@ -142,3 +142,10 @@ class DocumentJobs:
             select(Document.status, func.count()).group_by(Document.status)
         )
         return {status: int(n) for status, n in rows.all()}
+
+    async def oldest_waiting(self) -> datetime | None:
+        """When the oldest document still waiting to be indexed was uploaded."""
+        oldest: datetime | None = await self.session.scalar(
+            select(func.min(Document.created_at)).where(Document.status.in_(("queued", "indexing")))
+        )
+        return oldest

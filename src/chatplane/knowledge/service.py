@@ -13,7 +13,7 @@ import hashlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import orjson
 import structlog
@@ -61,6 +61,12 @@ class KnowledgeBaseView:
     kb: KnowledgeBase
     documents: int
     can_edit: bool
+
+
+@dataclass(frozen=True, slots=True)
+class KnowledgeStats:
+    documents: dict[str, int]  # by status
+    oldest_waiting_age_s: float  # the oldest document queued or indexing; 0 when none
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,6 +361,17 @@ class KnowledgeService:
         )
         kb_retrieved(result.mode, time.perf_counter() - began)
         return result
+
+    async def stats(self) -> KnowledgeStats:
+        """Documents by status and the age of the oldest not yet indexed (for /metrics)."""
+        async with self.db.session() as session:
+            jobs = DocumentJobs(session)
+            counts = await jobs.status_counts()
+            oldest = await jobs.oldest_waiting()
+        if oldest is not None and oldest.tzinfo is None:
+            oldest = oldest.replace(tzinfo=UTC)
+        age = max(0.0, (utcnow() - oldest).total_seconds()) if oldest is not None else 0.0
+        return KnowledgeStats({state: counts.get(state, 0) for state in DOCUMENT_STATES}, age)
 
     async def health(self) -> dict[str, object]:
         """Documents by status, the job queue, the embedder and the blob store."""

@@ -7,7 +7,7 @@ import asyncio
 import glob
 import os
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 from aiohttp import web
@@ -16,11 +16,14 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import Receive, Scope, Send
 
 from chatplane.errors import ChatplaneError
 from chatplane.observability.metrics import (
     CONTENT_TYPE,
+    KB_DOCUMENTS_BY_STATUS,
+    KB_OLDEST_WAITING_AGE,
     MULTIPROC_DIR,
     QUEUE_DEPTH,
     QUEUE_OLDEST_JOB_AGE,
@@ -29,6 +32,7 @@ from chatplane.observability.metrics import (
 
 if TYPE_CHECKING:
     from chatplane.broker.protocol import Broker, QueueStats
+    from chatplane.knowledge.service import KnowledgeStats
 
 log = structlog.get_logger("chatplane.metrics")
 
@@ -37,9 +41,12 @@ STATS_TIMEOUT_S = 2.0
 _HEADERS = [(b"content-type", CONTENT_TYPE.encode()), (b"cache-control", b"no-store")]
 
 
-async def render_metrics(broker: Broker | None) -> bytes:
-    """The exposition text: live queue state from the broker (one cheap call), the rest
-    rendered in a thread (multi-process mode reads files)."""
+async def render_metrics(
+    broker: Broker | None, knowledge: KnowledgeStatsSource | None = None
+) -> bytes:
+    """The exposition text: live queue state from the broker (one cheap call) and the
+    knowledge documents by status (one query), the rest rendered in a thread
+    (multi-process mode reads files)."""
     stats: QueueStats | None = None
     if broker is not None:
         try:
@@ -49,17 +56,43 @@ async def render_metrics(broker: Broker | None) -> bytes:
             if isinstance(exc, TimeoutError):
                 redis_error("metrics")
             log.warning("metrics_queue_stats_unavailable", error=str(exc))
-    return await asyncio.to_thread(render, stats)
+    documents: KnowledgeStats | None = None
+    if knowledge is not None:
+        try:
+            async with asyncio.timeout(STATS_TIMEOUT_S):
+                documents = await knowledge.stats()
+        except (ChatplaneError, TimeoutError, SQLAlchemyError) as exc:
+            log.warning("metrics_document_stats_unavailable", error=str(exc))
+    return await asyncio.to_thread(render, stats, documents)
 
 
-def render(queue: QueueStats | None) -> bytes:
+def render(queue: QueueStats | None, documents: KnowledgeStats | None = None) -> bytes:
     """The exposition text of this process, or of every process sharing the files."""
+    live = (_QueueCollector(queue), _DocumentsCollector(documents))
     if MULTIPROC_DIR is None:
-        return generate_latest(_Scrape(REGISTRY, _QueueCollector(queue)))
+        return generate_latest(_Scrape(REGISTRY, *live))
     forget_dead_processes(MULTIPROC_DIR)
     files = CollectorRegistry(auto_describe=False)
     MultiProcessCollector(files, MULTIPROC_DIR)  # type: ignore[no-untyped-call]
-    return generate_latest(_Scrape(files, _QueueCollector(queue)))
+    return generate_latest(_Scrape(files, *live))
+
+
+class KnowledgeStatsSource(Protocol):
+    async def stats(self) -> KnowledgeStats: ...
+
+
+class _DocumentsCollector:
+    def __init__(self, stats: KnowledgeStats | None) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        if self.stats is None:
+            return
+        by_status = GaugeMetricFamily(*KB_DOCUMENTS_BY_STATUS, labels=["status"])
+        for status, count in sorted(self.stats.documents.items()):
+            by_status.add_metric([status], count)
+        yield by_status
+        yield GaugeMetricFamily(*KB_OLDEST_WAITING_AGE, value=self.stats.oldest_waiting_age_s)
 
 
 class _QueueCollector:
@@ -88,7 +121,10 @@ class MetricsEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         services = getattr(scope["app"].state, "services", None)
-        body = await render_metrics(services.broker if services is not None else None)
+        if services is None:
+            body = await render_metrics(None)
+        else:
+            body = await render_metrics(services.broker, services.knowledge)
         await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
         await send({"type": "http.response.body", "body": body})
 

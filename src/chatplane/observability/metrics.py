@@ -203,7 +203,20 @@ QUEUE_OLDEST_JOB_AGE = (
     "chatplane_queue_oldest_job_age_seconds",
     "Age of the oldest turn job not yet handed to a worker (0 when none waits).",
 )
-SCRAPE_TIME_GAUGES = (QUEUE_DEPTH, QUEUE_OLDEST_JOB_AGE)
+KB_DOCUMENTS_BY_STATUS = (
+    "chatplane_kb_documents_by_status",
+    "Knowledge-base documents by status (queued, indexing, ready, failed), from the database.",
+)
+KB_OLDEST_WAITING_AGE = (
+    "chatplane_kb_oldest_waiting_document_age_seconds",
+    "Age of the oldest document queued or indexing (0 when none waits).",
+)
+SCRAPE_TIME_GAUGES = (
+    QUEUE_DEPTH,
+    QUEUE_OLDEST_JOB_AGE,
+    KB_DOCUMENTS_BY_STATUS,
+    KB_OLDEST_WAITING_AGE,
+)
 
 _SSE_STREAMS = ACTIVE_STREAMS.labels("sse")
 _GATEWAY_STREAMS = ACTIVE_STREAMS.labels("gateway")
