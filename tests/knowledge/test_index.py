@@ -28,7 +28,7 @@ from chatplane.knowledge.embedders import normalize_rows
 from chatplane.knowledge.index import EmbeddedChunks, KnowledgeIndex, SearchResult
 from chatplane.knowledge.lexical import query_terms
 from chatplane.knowledge.models import Chunk, ChunkVector, Document, KnowledgeBase
-from chatplane.knowledge.vectors import reciprocal_rank_fusion
+from chatplane.knowledge.vectors import KbMatrix, reciprocal_rank_fusion
 from tests.conftest import RUN_ID, make_settings, postgres_database
 
 CONCEPTS = {"car": "vehicle", "automobile": "vehicle", "vehicle": "vehicle"}
@@ -246,6 +246,48 @@ async def test_a_heading_hit_outranks_the_same_word_in_the_text(
     assert [p.heading for p in result.passages] == ["Telemetry", None]
 
 
+async def test_dotted_and_snake_case_names_match_their_words(
+    lexical: KnowledgeIndex, tenancy: Tenancy
+) -> None:
+    """Both databases split `json.dumps` or `read_text` into words, as queries are split
+    (Postgres' own parser would keep them whole, so `json` would never match)."""
+    kb = await tenancy.kb()
+    await tenancy.document(
+        lexical,
+        kb,
+        ("json.dumps", "Serialize an object to a formatted string."),
+        ("pathlib.Path.read_text", "Open the file in text mode, read it, and close it."),
+        "Unrelated prose about gardens.",
+    )
+
+    async def headings(query: str) -> list[str | None]:
+        result = await lexical.search(
+            tenant_id=tenancy.tenant_id, kb_ids=[kb], query=query, top_k=3
+        )
+        return [p.heading for p in result.passages]
+
+    assert await headings("json") == ["json.dumps"]
+    assert await headings("dumps") == ["json.dumps"]
+    assert await headings("json.dumps") == ["json.dumps"]
+    assert await headings("pathlib") == ["pathlib.Path.read_text"]
+    assert (await headings("read_text"))[0] == "pathlib.Path.read_text"
+
+
+async def test_a_rare_word_outweighs_repeated_common_ones(
+    lexical: KnowledgeIndex, tenancy: Tenancy
+) -> None:
+    """The rank weighs a term by its rarity (bm25 on SQLite, idf-weighted ts_rank on
+    Postgres): the one chunk with the rare word beats chunks that repeat the common ones."""
+    kb = await tenancy.kb()
+    common = [f"The file list is returned as a file list, file after file ({i})." for i in range(8)]
+    await tenancy.document(lexical, kb, *common, "Resolve a symlinked path of the file.")
+    result = await lexical.search(
+        tenant_id=tenancy.tenant_id, kb_ids=[kb], query="file list symlinked", top_k=3
+    )
+    assert result.passages[0].text == "Resolve a symlinked path of the file."
+    assert len(result.passages) == 3
+
+
 @pytest.mark.parametrize("shape", ["lexical", "hybrid"])
 async def test_another_tenants_identical_text_is_never_returned(
     db: Database, embedder: BagOfWordsEmbedder, shape: str
@@ -370,7 +412,7 @@ async def test_reused_chunk_ids_do_not_serve_stale_vectors(
     assert result.mode == "hybrid"
     assert texts_of(result)[0] == "Volcanoes erupt lava."
     assert "Pelicans dive for fish." not in texts_of(result)
-    assert result.passages[0].score == pytest.approx(2 / 61)
+    assert result.passages[0].score == pytest.approx(both_first())
 
 
 HOSTILE = [
@@ -492,12 +534,52 @@ async def test_hybrid_fuses_lexical_and_vector_ranks(
         "Car engine repair guide.",
         "Banana bread recipe.",
     ]
-    assert [p.score for p in fused.passages] == pytest.approx([2 / 61, 1 / 62, 1 / 63])
+    k, vector = index_module.FUSION_K, index_module.VECTOR_WEIGHT
+    assert [p.score for p in fused.passages] == pytest.approx(
+        [both_first(), vector / (k + 2), vector / (k + 3)]
+    )
     assert (fused.passages[1].heading, fused.passages[1].page) == (None, 1)
     top1 = await hybrid.search(
         tenant_id=tenancy.tenant_id, kb_ids=[kb], query="automobile", top_k=1
     )
     assert texts_of(top1) == ["Automobile maintenance schedule."]
+
+
+def both_first() -> float:
+    """The fused score of a chunk first in both the lexical and the vector list."""
+    weights = index_module.LEXICAL_WEIGHT + index_module.VECTOR_WEIGHT
+    return weights / (index_module.FUSION_K + 1)
+
+
+def test_weighted_fusion_prefers_the_heavier_list() -> None:
+    fused = reciprocal_rank_fusion([[1, 2], [2, 3]], k=10, weights=[0.5, 1.0])
+    assert dict(fused) == pytest.approx({2: 0.5 / 12 + 1 / 11, 3: 1 / 12, 1: 0.5 / 11})
+    assert [chunk_id for chunk_id, _ in fused] == [2, 3, 1]
+    with pytest.raises(ValueError, match="1 weights for 2 rankings"):
+        reciprocal_rank_fusion([[1], [2]], weights=[1.0])
+
+
+async def test_hybrid_fuses_only_the_first_lexical_hits(
+    hybrid: KnowledgeIndex,
+    tenancy: Tenancy,
+    embedder: BagOfWordsEmbedder,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A lexical hit below LEXICAL_FUSION_DEPTH adds nothing to its fused score."""
+    monkeypatch.setattr(index_module, "LEXICAL_FUSION_DEPTH", 1)
+    kb = await tenancy.kb(embedder.model)
+    await tenancy.document(hybrid, kb, "Comet comet comet tail.")
+    await tenancy.document(hybrid, kb, "Comet orbit.")
+    result = await hybrid.search(tenant_id=tenancy.tenant_id, kb_ids=[kb], query="comet", top_k=2)
+    k, lexical, vector = (
+        index_module.FUSION_K,
+        index_module.LEXICAL_WEIGHT,
+        index_module.VECTOR_WEIGHT,
+    )
+    scores = sorted(p.score for p in result.passages)
+    # Both are in the vector list (ranks 1 and 2); only the first lexical hit is fused.
+    assert len(scores) == 2
+    assert sum(scores) == pytest.approx(vector / (k + 1) + vector / (k + 2) + lexical / (k + 1))
 
 
 def test_reciprocal_rank_fusion() -> None:
@@ -620,3 +702,82 @@ async def test_embed_returns_one_row_per_draft_and_write_checks_it(
                 drafts=drafts,
                 vectors=EmbeddedChunks(embedded.model, embedded.vectors[:2]),
             )
+
+
+async def _matrix_of(index: KnowledgeIndex, tenancy: Tenancy, kb_id: str) -> KbMatrix:
+    """The index's cached matrix of the knowledge base, brought to its current version."""
+    assert index.embedder is not None
+    async with tenancy.db.session() as session:
+        version = await session.scalar(
+            select(KnowledgeBase.updated_at).where(KnowledgeBase.id == kb_id)
+        )
+        return await index.vectors.matrix(
+            session,
+            tenant_id=tenancy.tenant_id,
+            kb_id=kb_id,
+            model=index.embedder.model,
+            version=version,
+        )
+
+
+def _same_matrix(refreshed: KbMatrix, loaded: KbMatrix) -> None:
+    assert refreshed.chunk_ids.tolist() == loaded.chunk_ids.tolist()
+    np.testing.assert_array_equal(refreshed.matrix, loaded.matrix)
+    documents = {code: name for name, code in refreshed.documents.items()}
+    loaded_documents = {code: name for name, code in loaded.documents.items()}
+    assert [documents[c] for c in refreshed.document_codes.tolist()] == [
+        loaded_documents[c] for c in loaded.document_codes.tolist()
+    ]
+
+
+async def test_a_write_refreshes_the_cached_vectors_without_a_full_load(
+    db: Database, hybrid: KnowledgeIndex, tenancy: Tenancy, embedder: BagOfWordsEmbedder
+) -> None:
+    """After a change, a process's matrix drops the rows of deleted documents and appends
+    the new rows; it equals a full load, and the deleted text is never returned."""
+    kb = await tenancy.kb(embedder.model)
+    await tenancy.document(hybrid, kb, "Saturn has rings of ice.", "Jupiter has storms.")
+    pelicans = await tenancy.document(hybrid, kb, "Pelicans dive for fish.")
+    assert texts_of(
+        await hybrid.search(tenant_id=tenancy.tenant_id, kb_ids=[kb], query="pelicans", top_k=1)
+    ) == ["Pelicans dive for fish."]
+    loads = hybrid.vectors.loads
+    await delete(hybrid, tenancy.db, pelicans)
+    volcanoes = await tenancy.document(hybrid, kb, "Volcanoes erupt lava.", "Magma cools.")
+    result = await hybrid.search(
+        tenant_id=tenancy.tenant_id, kb_ids=[kb], query="volcanoes pelicans", top_k=5
+    )
+    assert texts_of(result)[0] == "Volcanoes erupt lava."
+    assert "Pelicans dive for fish." not in texts_of(result)
+    assert (hybrid.vectors.loads, hybrid.vectors.refreshes) == (loads, 1)
+    only_volcanoes = await hybrid.search(
+        tenant_id=tenancy.tenant_id,
+        kb_ids=[kb],
+        query="magma",
+        top_k=5,
+        document_ids=[volcanoes],
+    )
+    assert {p.document_id for p in only_volcanoes.passages} == {volcanoes}
+    _same_matrix(
+        await _matrix_of(hybrid, tenancy, kb),
+        await _matrix_of(KnowledgeIndex(db, embedder), tenancy, kb),
+    )
+
+
+async def test_an_older_chunk_gaining_a_vector_reloads_the_matrix(
+    db: Database, hybrid: KnowledgeIndex, tenancy: Tenancy, embedder: BagOfWordsEmbedder
+) -> None:
+    """A chunk written without a vector (no embedder in that process) and embedded later
+    by `reindex` (in another process) is older than the cached rows: the refresh gives way
+    to a full load."""
+    kb = await tenancy.kb(embedder.model)
+    await tenancy.document(KnowledgeIndex(db, None), kb, "Lighthouse keeper logbook.")
+    await tenancy.document(hybrid, kb, "Harbor pilot guides ships.")
+    before = await _matrix_of(hybrid, tenancy, kb)
+    assert len(before.chunk_ids) == 1
+    loads = hybrid.vectors.loads
+    assert await KnowledgeIndex(db, embedder).reindex(kb) == 1
+    after = await _matrix_of(hybrid, tenancy, kb)
+    assert len(after.chunk_ids) == 2
+    assert (hybrid.vectors.loads, hybrid.vectors.refreshes) == (loads + 1, 0)
+    _same_matrix(after, await _matrix_of(KnowledgeIndex(db, embedder), tenancy, kb))

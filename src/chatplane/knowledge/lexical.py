@@ -1,4 +1,5 @@
-"""Lexical retrieval: FTS5 + bm25 on SQLite, the `tsv` column + ts_rank_cd on Postgres.
+"""Lexical retrieval: FTS5 + bm25 on SQLite, the `tsv` column + idf-weighted ts_rank on
+Postgres.
 
 A user's query never reaches either query language as written: it is cut into word terms
 (letters and digits), stop words are dropped, and the rest are quoted and OR-ed. So quotes,
@@ -42,6 +43,9 @@ RANKED_BUDGET = 2000
 # heading's weight A does against the text's B on Postgres.
 HEADING_WEIGHT = 2.0
 TEXT_WEIGHT = 1.0
+
+# ts_rank's weights of the labels D, C, B (text) and A (heading): the same ratio as bm25's.
+_PG_RANK_WEIGHTS = f"ARRAY[0.1, 0.2, {TEXT_WEIGHT / HEADING_WEIGHT}, 1.0]::float4[]"
 
 # Letters and digits; `_` splits words as FTS5's unicode61 tokenizer does.
 _WORD = re.compile(r"[^\W_]+")
@@ -99,7 +103,7 @@ def plan_query(frequencies: dict[str, int]) -> Plan | None:
     """Choose the terms to match from their (capped) document frequencies; None when no
     term occurs anywhere.
 
-    Ranking costs the database work for every matching chunk (bm25 / ts_rank_cd) and every
+    Ranking costs the database work for every matching chunk (bm25 / ts_rank) and every
     posting of every ranked term, so a term in `COMMON_DF` chunks or more is left out when
     rarer terms exist (its weight in the rank is small anyway), and rare terms join from
     the rarest while their frequencies add up to at most `RANKED_BUDGET`."""
@@ -142,11 +146,27 @@ WHERE kb_chunks_fts MATCH :match AND {{filters}}
 ORDER BY kb_chunks_fts.rowid DESC
 LIMIT :limit
 """
+# Postgres: `ts_rank_cd` has no inverse document frequency, so a chunk full of common words
+# would outrank the one with the rare word that matters. The score has bm25's shape instead:
+# per term, its idf (from the document frequencies the plan read, over the table's rows as
+# the statistics count them) times `ts_rank` of that term alone (saturating in the term's
+# occurrences, the heading weighted above the text as on SQLite), summed. Only the chunks
+# of the match (bounded by the plan) are scored.
 _POSTGRES_RANKED = f"""
-WITH best AS (
-    SELECT c.id AS id, ts_rank_cd(c.tsv, q.query) AS score
-    FROM kb_chunks AS c, to_tsquery('english', :match) AS q(query)
-    WHERE c.tsv @@ q.query AND {{filters}}
+WITH total AS (
+    SELECT greatest(reltuples, pg_stat_get_live_tuples(oid), 0) AS n
+    FROM pg_class WHERE oid = to_regclass('kb_chunks')
+), terms AS MATERIALIZED (
+    SELECT to_tsquery('english', quote_literal(t.term)) AS query,
+           ln(1 + (greatest(coalesce(total.n, 0), t.df) - t.df + 0.5) / (t.df + 0.5)) AS idf
+    FROM unnest(CAST(:terms AS text[]), CAST(:dfs AS float8[])) AS t(term, df)
+    LEFT JOIN total ON true
+), best AS (
+    SELECT c.id AS id,
+           (SELECT sum(terms.idf * ts_rank({_PG_RANK_WEIGHTS}, c.tsv, terms.query))
+            FROM terms) AS score
+    FROM kb_chunks AS c
+    WHERE c.tsv @@ to_tsquery('english', :match) AND {{filters}}
     ORDER BY score DESC, c.id
     LIMIT :limit
 )
@@ -189,7 +209,7 @@ _SQLITE_PROBE = (
 _POSTGRES_FREQUENCIES = text(
     """WITH stats AS MATERIALIZED (
     SELECT s.most_common_elems::text::text[] AS elems, s.most_common_elem_freqs AS freqs,
-           greatest(c.reltuples, 0) AS n
+           greatest(c.reltuples, pg_stat_get_live_tuples(c.oid), 0) AS n
     FROM pg_stats AS s
     JOIN pg_namespace AS ns ON ns.nspname = s.schemaname
     JOIN pg_class AS c ON c.relnamespace = ns.oid AND c.relname = s.tablename
@@ -250,7 +270,8 @@ async def lexical_search(
     if not terms or not kb_ids or limit <= 0 or (document_ids is not None and not document_ids):
         return []
     dialect = "sqlite" if dialect == "sqlite" else "postgresql"
-    plan = plan_query(await term_frequencies(session, dialect, terms))
+    frequencies = await term_frequencies(session, dialect, terms)
+    plan = plan_query(frequencies)
     if plan is None:
         return []
     if dialect == "sqlite":
@@ -265,6 +286,9 @@ async def lexical_search(
     }
     if document_ids is not None:
         params["document_ids"] = list(document_ids)
+    if dialect == "postgresql" and plan.ranked:
+        params["terms"] = plan.terms
+        params["dfs"] = [float(frequencies[term]) for term in plan.terms]
     statement = _search_statement(dialect, plan.ranked, document_ids is not None)
     rows = (await session.execute(statement, params)).all()
     return [

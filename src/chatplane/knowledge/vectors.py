@@ -12,9 +12,17 @@ reads anyway (with `embedding_model`) before touching vectors. Every writer of c
 vectors (`KnowledgeIndex.write_document`, `delete_document`, `reindex`) bumps that column in
 its own transaction, so a process sees a changed knowledge base on its next search and
 reloads it: a deleted document leaves the results at once, in every process. (A row count
-or `max(chunk_id)` would not do: SQLite reuses the ids of deleted tail rows, and counting
-100k index entries costs more than the search.) Deleting a whole knowledge base removes
+or `max(chunk_id)` would not do: a delete and an insert can leave both unchanged, and
+counting 100k index entries costs more than the search.) Deleting a whole knowledge base removes
 its row, so it stops matching at once too.
+
+A reload after a change is incremental: one statement reads the ids and documents of every
+vector row and the vectors of the rows newer than the cached matrix; rows that left (deleted
+documents) are dropped by mask, new rows appended. This relies on chunk ids never being
+reused (`AUTOINCREMENT` on SQLite, a sequence on Postgres) and on a chunk's vector of a
+model never changing (rows are only inserted and deleted), so a cached row whose id still
+exists is still right. Anything else (an older id that gained a vector, e.g. a re-index pass,
+or a different dimension) falls back to a full load.
 
 Where the `vector` extension exists, pgvector is the better choice for the scaled shape:
 a `vector(dim)` column with an HNSW index (`vector_cosine_ops`), searched with `ORDER BY
@@ -28,6 +36,7 @@ import asyncio
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
@@ -43,6 +52,16 @@ INLINE_CELLS = 1 << 20
 
 _LOAD = text(
     """SELECT v.chunk_id, c.document_id, v.vector
+    FROM kb_vectors AS v JOIN kb_chunks AS c ON c.id = v.chunk_id
+    WHERE v.tenant_id = :tenant_id AND v.kb_id = :kb_id AND v.model = :model
+      AND c.tenant_id = :tenant_id
+    ORDER BY v.chunk_id"""
+)
+
+
+# The refresh: every row's id and document; the vector only of rows after `:after`.
+_REFRESH = text(
+    """SELECT v.chunk_id, c.document_id, CASE WHEN v.chunk_id > :after THEN v.vector END
     FROM kb_vectors AS v JOIN kb_chunks AS c ON c.id = v.chunk_id
     WHERE v.tenant_id = :tenant_id AND v.kb_id = :kb_id AND v.model = :model
       AND c.tenant_id = :tenant_id
@@ -90,7 +109,8 @@ class VectorIndex:
         self.max_bytes = max_bytes
         self._matrices: OrderedDict[tuple[str, str, str], KbMatrix] = OrderedDict()
         self._loading: dict[tuple[str, str, str], asyncio.Lock] = {}
-        self.loads = 0  # matrices read from the database, for tests and metrics
+        self.loads = 0  # matrices read whole from the database, for tests and metrics
+        self.refreshes = 0  # matrices brought up to date incrementally
 
     async def matrix(
         self,
@@ -113,7 +133,11 @@ class VectorIndex:
             cached = self._matrices.get(key)
             if cached is not None and cached.version == version:
                 return cached
-            loaded = await self._load(session, key, version)
+            loaded = None
+            if cached is not None and len(cached.chunk_ids):
+                loaded = await self._refresh(session, key, version, cached)
+            if loaded is None:
+                loaded = await self._load(session, key, version)
             self._matrices.pop(key, None)
             self._matrices[key] = loaded
             self._evict()
@@ -147,6 +171,21 @@ class VectorIndex:
         self.loads += 1
         return await asyncio.to_thread(_build, rows, version)
 
+    async def _refresh(
+        self, session: AsyncSession, key: tuple[str, str, str], version: Hashable, cached: KbMatrix
+    ) -> KbMatrix | None:
+        """`cached` brought to `version` with one statement, or None when it cannot be."""
+        tenant_id, kb_id, model = key
+        after = int(cached.chunk_ids[-1])
+        result = await session.execute(
+            _REFRESH, {"tenant_id": tenant_id, "kb_id": kb_id, "model": model, "after": after}
+        )
+        rows = result.all()
+        refreshed = await asyncio.to_thread(_refreshed, cached, rows, version)
+        if refreshed is not None:
+            self.refreshes += 1
+        return refreshed
+
     def _evict(self) -> None:
         total = sum(m.nbytes for m in self._matrices.values())
         while total > self.max_bytes and len(self._matrices) > 1:
@@ -174,6 +213,34 @@ def _build(rows: Sequence[tuple[int, str, bytes]], version: Hashable) -> KbMatri
     return KbMatrix(version, chunk_ids, codes.astype(np.int32), documents, matrix)
 
 
+def _refreshed(
+    cached: KbMatrix, rows: Sequence[tuple[int, str, bytes | None]], version: Hashable
+) -> KbMatrix | None:
+    """The cached matrix without the rows that left and with the rows after it appended;
+    None when a row at or below its last id is new to it."""
+    if not rows:
+        return _build([], version)
+    chunk_ids = np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
+    after = int(cached.chunk_ids[-1])
+    old = chunk_ids <= after
+    positions = np.searchsorted(cached.chunk_ids, chunk_ids[old])
+    positions = np.minimum(positions, len(cached.chunk_ids) - 1)
+    if not np.array_equal(cached.chunk_ids[positions], chunk_ids[old]):
+        return None  # an older chunk gained a vector of this model (a re-index pass)
+    dim = cached.matrix.shape[1]
+    new_blobs = [row[2] for row in rows if row[0] > after]
+    if any(blob is None or len(blob) != dim * 4 for blob in new_blobs):
+        return None
+    matrix = np.empty((len(rows), dim), dtype=np.float32)
+    matrix[old] = cached.matrix[positions]
+    if new_blobs:
+        fresh = np.frombuffer(b"".join(cast(bytes, b) for b in new_blobs), dtype="<f4")
+        matrix[~old] = fresh.reshape(len(new_blobs), dim)
+    names, codes = np.unique(np.array([row[1] for row in rows], dtype=object), return_inverse=True)
+    documents = {str(name): code for code, name in enumerate(names.tolist())}
+    return KbMatrix(version, chunk_ids, codes.astype(np.int32), documents, matrix)
+
+
 def _top_of(
     matrices: Sequence[KbMatrix],
     query: npt.NDArray[np.float32],
@@ -188,14 +255,21 @@ def _top_of(
 
 
 def reciprocal_rank_fusion(
-    rankings: Sequence[Sequence[int]], k: int = RRF_K
+    rankings: Sequence[Sequence[int]],
+    k: int = RRF_K,
+    weights: Sequence[float] | None = None,
 ) -> list[tuple[int, float]]:
-    """Fuse ranked id lists: score(id) = sum over lists of 1 / (k + rank), rank from 1.
-    Best first; ties go to the id ranked best in any list, then the smaller id."""
+    """Fuse ranked id lists: score(id) = sum over lists of weight / (k + rank), rank from 1
+    (every weight 1 by default). Best first; ties go to the id ranked best in any list,
+    then the smaller id."""
+    if weights is None:
+        weights = [1.0] * len(rankings)
+    if len(weights) != len(rankings):
+        raise ValueError(f"{len(weights)} weights for {len(rankings)} rankings")
     scores: dict[int, float] = {}
     best_rank: dict[int, int] = {}
-    for ranking in rankings:
+    for weight, ranking in zip(weights, rankings, strict=True):
         for rank, chunk_id in enumerate(ranking, start=1):
-            scores[chunk_id] = scores.get(chunk_id, 0.0) + 1.0 / (k + rank)
+            scores[chunk_id] = scores.get(chunk_id, 0.0) + weight / (k + rank)
             best_rank[chunk_id] = min(best_rank.get(chunk_id, rank), rank)
     return sorted(scores.items(), key=lambda item: (-item[1], best_rank[item[0]], item[0]))

@@ -46,11 +46,15 @@ SQLITE_FTS_DROP = (
     "DROP TRIGGER IF EXISTS kb_chunks_fts_insert",
     "DROP TABLE IF EXISTS kb_chunks_fts",
 )
-# Postgres: a stored tsvector (heading weighted above the text) and a GIN index on it.
+# Postgres: a stored tsvector (heading weighted above the text) and a GIN index on it. The
+# default parser keeps `json.dumps`, `os.path` or `read_text` as one token, so the word
+# `json` would never match them; punctuation becomes a space first, which splits text into
+# letters and digits as FTS5's `unicode61` does on SQLite (and as queries are split).
+_SPLIT = "regexp_replace({}, '[[:punct:]]+', ' ', 'g')"
 POSTGRES_FTS = (
-    """ALTER TABLE kb_chunks ADD COLUMN tsv tsvector GENERATED ALWAYS AS (
-        setweight(to_tsvector('english', coalesce(heading, '')), 'A')
-        || setweight(to_tsvector('english', text), 'B')) STORED""",
+    f"""ALTER TABLE kb_chunks ADD COLUMN tsv tsvector GENERATED ALWAYS AS (
+        setweight(to_tsvector('english', {_SPLIT.format("coalesce(heading, '')")}), 'A')
+        || setweight(to_tsvector('english', {_SPLIT.format("text")}), 'B')) STORED""",
     "CREATE INDEX ix_kb_chunks_tsv ON kb_chunks USING gin (tsv)",
 )
 
@@ -133,6 +137,9 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_kb_chunks")),
         sa.UniqueConstraint("document_id", "ord", name="uq_kb_chunks_document_ord"),
+        # Ids are never reused (SQLite would give a deleted tail row's id to the next
+        # insert): the in-process vector matrices keep a cached row while its id exists.
+        sqlite_autoincrement=True,
     )
     op.create_index("ix_kb_chunks_kb", "kb_chunks", ["kb_id"], unique=False)
     op.create_table(
