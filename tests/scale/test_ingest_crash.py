@@ -31,11 +31,12 @@ DOCUMENT = "\n\n".join(
 
 class FakeEmbeddings:
     """An OpenAI-compatible `/v1/embeddings` (the outside vendor): the first call hangs until
-    its client goes away; later calls answer with vectors made from the text's hash."""
+    the test ends; later calls answer with vectors made from the text's hash."""
 
     def __init__(self) -> None:
         self.calls = 0
         self.first_call = asyncio.Event()
+        self.released = asyncio.Event()
         self.runner: web.AppRunner | None = None
         self.base_url = ""
 
@@ -44,7 +45,8 @@ class FakeEmbeddings:
         self.calls += 1
         if self.calls == 1:
             self.first_call.set()
-            await asyncio.sleep(3600)  # cancelled when the killed worker's socket closes
+            await self.released.wait()  # the worker is killed meanwhile: nobody reads this
+            return web.json_response({"error": {"message": "too late"}}, status=503)
         data = [
             {"object": "embedding", "index": i, "embedding": vector(text)}
             for i, text in enumerate(body["input"])
@@ -64,6 +66,7 @@ class FakeEmbeddings:
 
     async def __aexit__(self, *_: object) -> None:
         assert self.runner is not None
+        self.released.set()  # so the server's shutdown does not wait for the hung call
         await self.runner.cleanup()
 
 
