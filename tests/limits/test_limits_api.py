@@ -196,7 +196,12 @@ async def test_a_budget_admits_exactly_what_it_covers_under_concurrency(
             *[api.post("/v1/chat/completions", json=completion(stream=True)) for _ in range(100)]
         )
     statuses = Counter(a.status_code for a in answers)
-    assert statuses == {200: 10, 402: 90}
+    assert set(statuses) == {200, 402}
+    # Ten worst cases fit. A call that ends before the last ones arrive settles to its
+    # smaller actual cost and frees budget for more (a busy machine spreads the 100 out), so
+    # more than ten may pass; what never happens is fewer, or spending over the budget
+    # (checked below). The stores' own suite checks exactness with no settles in between.
+    assert statuses[200] >= 10
     refused = next(a for a in answers if a.status_code == 402)
     assert refused.json()["error"]["code"] == "budget_exceeded"
     assert refused.json()["error"]["type"] == "insufficient_quota"
