@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, and_, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from chatplane.chat.models import TERMINAL_STATES, Conversation, Message, Turn
+from chatplane.db.cursors import older_than
 
 
 class ChatRepository:
@@ -31,12 +32,8 @@ class ChatRepository:
     ) -> Sequence[Conversation]:
         statement = select(Conversation).where(self._owned())
         if before is not None:
-            updated_at, conversation_id = before
             statement = statement.where(
-                or_(
-                    Conversation.updated_at < updated_at,
-                    and_(Conversation.updated_at == updated_at, Conversation.id < conversation_id),
-                )
+                older_than(Conversation.updated_at, Conversation.id, before)
             )
         statement = statement.order_by(Conversation.updated_at.desc(), Conversation.id.desc())
         return (await self.session.scalars(statement.limit(limit))).all()

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 
-import orjson
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -17,6 +14,7 @@ from chatplane.chat.models import Conversation, Message, Turn
 from chatplane.chat.repository import ChatRepository, messages_of, next_seq
 from chatplane.chat.runner import fit_context
 from chatplane.db.base import new_id, utcnow
+from chatplane.db.cursors import decode_cursor, encode_cursor
 from chatplane.db.engine import Database
 from chatplane.errors import BadRequest, ChatplaneError, NotFound, ServiceUnavailable
 from chatplane.knowledge.service import KnowledgeService, retrieval_prompt_bound
@@ -38,20 +36,6 @@ class ConversationView:
     conversation: Conversation
     messages: Sequence[Message]
     active_turn_id: str | None
-
-
-def encode_cursor(conversation: Conversation) -> str:
-    raw = orjson.dumps([conversation.updated_at.isoformat(), conversation.id])
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        updated_at, conversation_id = orjson.loads(raw)
-        return datetime.fromisoformat(updated_at), str(conversation_id)
-    except (ValueError, TypeError) as exc:
-        raise BadRequest("The cursor is not valid", code="invalid_cursor", field="cursor") from exc
 
 
 def title_from(content: str) -> str:
@@ -122,7 +106,9 @@ class ChatService:
             repo = _repo(session, principal)
             page = await repo.conversations_page(limit=limit + 1, before=before)
         items = page[:limit]
-        next_cursor = encode_cursor(items[-1]) if len(page) > limit else None
+        next_cursor = (
+            encode_cursor(items[-1].updated_at, items[-1].id) if len(page) > limit else None
+        )
         return items, next_cursor
 
     async def get_conversation(

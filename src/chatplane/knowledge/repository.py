@@ -9,6 +9,7 @@ from datetime import datetime
 from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from chatplane.db.cursors import older_than
 from chatplane.knowledge.models import Document, KnowledgeBase
 
 
@@ -89,13 +90,7 @@ class KnowledgeRepository:
             Document.kb_id == kb_id, Document.tenant_id == self.tenant_id
         )
         if before is not None:
-            created_at, document_id = before
-            statement = statement.where(
-                or_(
-                    Document.created_at < created_at,
-                    and_(Document.created_at == created_at, Document.id < document_id),
-                )
-            )
+            statement = statement.where(older_than(Document.created_at, Document.id, before))
         statement = statement.order_by(Document.created_at.desc(), Document.id.desc())
         return (await self.session.scalars(statement.limit(limit))).all()
 

@@ -8,14 +8,12 @@ every query to what the caller may see."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC
 
-import orjson
 import structlog
 from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
@@ -25,6 +23,7 @@ from chatplane.auth.audit import AuditLog
 from chatplane.auth.principal import Principal
 from chatplane.broker.protocol import Broker
 from chatplane.db.base import new_id, utcnow
+from chatplane.db.cursors import decode_cursor, encode_cursor
 from chatplane.db.engine import Database
 from chatplane.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge
 from chatplane.knowledge.blobs import BlobStore
@@ -73,20 +72,6 @@ class KnowledgeStats:
 class Upload:
     document: Document
     duplicate: bool
-
-
-def encode_cursor(document: Document) -> str:
-    raw = orjson.dumps([document.created_at.isoformat(), document.id])
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created_at, document_id = orjson.loads(raw)
-        return datetime.fromisoformat(created_at), str(document_id)
-    except (ValueError, TypeError) as exc:
-        raise BadRequest("The cursor is not valid", code="invalid_cursor", field="cursor") from exc
 
 
 def clean_filename(filename: str | None) -> str:
@@ -305,7 +290,9 @@ class KnowledgeService:
             await _require(repo, kb_id)
             page = await repo.documents_page(kb_id, limit=limit + 1, before=before)
         items = page[:limit]
-        return items, encode_cursor(items[-1]) if len(page) > limit else None
+        return items, encode_cursor(items[-1].created_at, items[-1].id) if len(
+            page
+        ) > limit else None
 
     async def get_document(self, principal: Principal, kb_id: str, document_id: str) -> Document:
         async with self.db.session() as session:
