@@ -5,8 +5,6 @@ the worker. CPU-bound and sync: callers run it in a thread."""
 
 from __future__ import annotations
 
-import io
-
 from chatplane.knowledge.extract import DOCX, PDF, DocumentUnreadable, extract
 
 
@@ -20,13 +18,10 @@ def check_readable(data: bytes, media_type: str) -> None:
 
 
 def _check_pdf(data: bytes) -> None:
-    from pypdf import PasswordType, PdfReader
+    from chatplane.knowledge.pdf import open_pdf
 
     try:
-        reader = PdfReader(io.BytesIO(data))
-        if reader.is_encrypted and reader.decrypt("") == PasswordType.NOT_DECRYPTED:
-            raise DocumentUnreadable("The PDF is encrypted with a password.")
-        pages = len(reader.pages)
+        pages = len(open_pdf(data).pages)
     except DocumentUnreadable:
         raise
     except Exception as exc:  # pypdf raises many kinds for a damaged file

@@ -17,7 +17,6 @@ import docx
 from docx.oxml.ns import qn
 from docx.styles.style import ParagraphStyle
 from markdown_it import MarkdownIt
-from pypdf import PasswordType, PdfReader
 from selectolax.lexbor import LexborHTMLParser, LexborNode
 
 from chatplane.errors import ChatplaneError
@@ -28,6 +27,7 @@ from chatplane.knowledge.extract import (
     UnsupportedDocument,
     decode_text,
 )
+from chatplane.knowledge.pdf import open_pdf
 
 
 class SectionBuilder:
@@ -113,11 +113,7 @@ def unreadable_on_error(what: str) -> Iterator[None]:
 
 def read_pdf(data: bytes, builder: SectionBuilder) -> int:
     with unreadable_on_error("The PDF is damaged"):
-        reader = PdfReader(io.BytesIO(data))
-        # An empty user password (a PDF that only restricts printing or copying) opens the
-        # file, as in any viewer; a real one is a document we cannot read.
-        if reader.is_encrypted and reader.decrypt("") == PasswordType.NOT_DECRYPTED:
-            raise DocumentUnreadable("The PDF is encrypted with a password.")
+        reader = open_pdf(data)
         pages = len(reader.pages)
     if pages > builder.limits.max_pages:
         raise DocumentUnreadable(f"The PDF has {pages} pages; at most {builder.limits.max_pages}.")
