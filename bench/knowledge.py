@@ -672,13 +672,19 @@ class Filler:
         self._rng = np.random.default_rng(VECTOR_SEED)
 
     async def add(self, chunks: int) -> float:
-        """Insert `chunks` more chunk rows (and vectors); returns the seconds it took."""
+        """Insert `chunks` more chunk rows (and vectors); returns the seconds it took. The
+        fill ends as the workers' writes do on Postgres: with fresh lexical statistics (the
+        workers refresh them as the table grows; one bulk fill has to ask for it)."""
+        from chatplane.knowledge.lexical import refresh_statistics
+
         started = time.perf_counter()
         remaining = chunks
         while remaining > 0:
             batch = min(remaining, BULK_ROWS)
             await self._add_batch(batch)
             remaining -= batch
+        async with self.shape.db.session() as session:
+            await refresh_statistics(session, self.shape.db.engine.dialect.name, force=True)
         return time.perf_counter() - started
 
     async def _add_batch(self, batch: int) -> None:

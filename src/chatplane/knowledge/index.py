@@ -27,14 +27,20 @@ import structlog
 from sqlalchemy import Select, Table, delete, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from chatplane.db.base import utcnow
 from chatplane.db.engine import Database
 from chatplane.errors import ChatplaneError, NotFound
 from chatplane.knowledge.embedders import Embedder, EmbeddingsUnavailable
-from chatplane.knowledge.lexical import LexicalHit, has_words, lexical_search, query_terms
+from chatplane.knowledge.lexical import (
+    LexicalHit,
+    has_words,
+    lexical_search,
+    query_terms,
+    refresh_statistics,
+)
 from chatplane.knowledge.models import Chunk, ChunkVector, KnowledgeBase
 
 if TYPE_CHECKING:  # numpy and the vector index load with the first embedder
@@ -198,6 +204,16 @@ class KnowledgeIndex:
         if vectors is not None and chunk_ids:
             await _insert_vectors(session, chunk_ids, vectors, tenant_id=tenant_id, kb_id=kb_id)
         return len(chunk_ids)
+
+    async def refresh_statistics(self) -> None:
+        """After chunks were written: keep the lexical search's statistics fresh (Postgres).
+        Best effort: the chunks are committed already, and autovacuum catches up anyway."""
+        try:
+            async with self.db.session() as session:
+                if await refresh_statistics(session, self.db.engine.dialect.name):
+                    log.info("kb_statistics_refreshed")
+        except (ChatplaneError, SQLAlchemyError) as exc:
+            log.warning("kb_statistics_not_refreshed", error=str(exc))
 
     async def delete_document(self, session: AsyncSession, document_id: str) -> None:
         """Take the document's chunks and vectors out of the index (no commit)."""

@@ -96,6 +96,7 @@ class DocumentIngester:
         await self._end(stream, "document.ready", {"chunks": count})
         kb_document_ended("ready", chunks=count, seconds=time.monotonic() - began)
         log.info("document_ready", chunks=count, seconds=round(time.monotonic() - began, 3))
+        await self.index.refresh_statistics()
 
     async def _chunks(self, document: Document, stream: str) -> tuple[list[ChunkDraft], int | None]:
         await self._progress(stream, "extracting")
