@@ -8,7 +8,7 @@ in the broker (no dependency graph, no response object, no extra streaming task)
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from urllib.parse import parse_qs
 
 import orjson
@@ -16,6 +16,7 @@ from starlette.requests import HTTPConnection
 from starlette.types import Receive, Scope, Send
 
 from chatplane.auth.deps import authenticate_request, count_request, require_scope
+from chatplane.auth.principal import Principal
 from chatplane.broker.protocol import Event
 from chatplane.chat.models import TERMINAL_STATES
 from chatplane.chat.schemas import turn_error
@@ -62,11 +63,35 @@ def resume_after(connection: HTTPConnection) -> str | None:
     return after or None
 
 
-class TurnEvents:
+class BrokerEvents:
+    """A plain ASGI route that streams one broker stream (a turn's, a document's events) to
+    a caller allowed to read its subject: authenticate, count, check access, read what is
+    there (a bad id is a 400, not a broken stream), then follow it with `EventStream`.
+    Subclasses name the stream, check access, and tell the stored outcome once the events
+    have expired."""
+
+    terminal: frozenset[str]
+
+    def stream_of(self, params: Mapping[str, str]) -> str:
+        raise NotImplementedError
+
+    async def ended(
+        self, services: Services, principal: Principal, params: Mapping[str, str]
+    ) -> bool:
+        """Raise when the principal may not read the subject; whether it has ended."""
+        raise NotImplementedError
+
+    async def outcome(
+        self, services: Services, principal: Principal, params: Mapping[str, str]
+    ) -> Event | None:
+        """How the subject ended, from its stored row (no id: nothing follows it)."""
+        raise NotImplementedError
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         services: Services = scope["app"].state.services
         connection = HTTPConnection(scope)
-        turn_id: str = scope["path_params"]["turn_id"]
+        params: dict[str, str] = scope["path_params"]
+        stream = self.stream_of(params)
         try:
             principal = require_scope(
                 await authenticate_request(
@@ -75,29 +100,56 @@ class TurnEvents:
                 "chat",
             )
             await count_request(services, principal, scope)
-            turn = await services.chat.get_turn(principal, turn_id)
+            ended = await self.ended(services, principal, params)
             after = resume_after(connection)
-            # Read before answering, so a bad id is a 400, not a broken stream.
-            events = await services.broker.read(turn_id, after, timeout_s=0)
+            events = await services.broker.read(stream, after, timeout_s=0)
         except ChatplaneError as exc:
             await error_response(scope["path"], exc)(scope, receive, send)
             return
 
         async def stored_outcome() -> Event | None:
-            latest = await services.chat.get_turn(principal, turn_id)
-            if latest.status not in TERMINAL_STATES:
-                return None
-            data: dict[str, object] = {"message_id": latest.assistant_message_id}
-            if latest.status == "failed":
-                data = {"error": turn_error(latest.error_code, latest.error_message)}
-            return Event(id="", type=f"turn.{latest.status}", data=data)
+            return await self.outcome(services, principal, params)
 
-        stream = EventStream(
-            services, turn_id, after, events, stored_outcome, scope["app"].state.drain
-        )
-        ended_long_ago = turn.status in TERMINAL_STATES and not events
-        del connection, turn, events  # an idle stream keeps only what it needs
-        await stream.run(receive, send, first_wait_s=0.0 if ended_long_ago else None)
+        ended_long_ago = ended and not events
+        del connection  # an idle stream keeps only what it needs
+        await EventStream(
+            services,
+            stream,
+            after,
+            events,
+            stored_outcome,
+            scope["app"].state.drain,
+            terminal=self.terminal,
+        ).run(receive, send, first_wait_s=0.0 if ended_long_ago else None)
+
+
+async def turn_outcome(services: Services, principal: Principal, turn_id: str) -> Event | None:
+    """The stored outcome of an ended turn (its events expired); None while it runs."""
+    latest = await services.chat.get_turn(principal, turn_id)
+    if latest.status not in TERMINAL_STATES:
+        return None
+    data: dict[str, object] = {"message_id": latest.assistant_message_id}
+    if latest.status == "failed":
+        data = {"error": turn_error(latest.error_code, latest.error_message)}
+    return Event(id="", type=f"turn.{latest.status}", data=data)
+
+
+class TurnEvents(BrokerEvents):
+    terminal = TERMINAL_EVENTS
+
+    def stream_of(self, params: Mapping[str, str]) -> str:
+        return params["turn_id"]
+
+    async def ended(
+        self, services: Services, principal: Principal, params: Mapping[str, str]
+    ) -> bool:
+        turn = await services.chat.get_turn(principal, params["turn_id"])
+        return turn.status in TERMINAL_STATES
+
+    async def outcome(
+        self, services: Services, principal: Principal, params: Mapping[str, str]
+    ) -> Event | None:
+        return await turn_outcome(services, principal, params["turn_id"])
 
 
 class EventStream:
