@@ -1,12 +1,16 @@
-// Follow one turn's event stream (SSE) and rebuild the assistant's text from its deltas.
+// Follow one turn's events and rebuild the assistant's text from its deltas.
 //
-// Opened without a position, the stream replays the turn from its first event, so a page that
-// reloads mid-answer rebuilds the partial text and then follows the live tail. On a network
-// error EventSource reconnects by itself and sends Last-Event-ID, so nothing is lost or
-// repeated. If the stream cannot be opened at all (expired, HTTP error), we ask the turn's
-// status and either report its end or reopen the stream after the last event we saw.
+// The events come over the tab's WebSocket channel (channel.js), or as server-sent events
+// where WebSockets do not get through; both carry the same ids. Opened without a position,
+// the stream replays the turn from its first event, so a page that reloads mid-answer
+// rebuilds the partial text and then follows the live tail. After a network error the
+// channel resubscribes (EventSource reconnects by itself with Last-Event-ID) after the last
+// event seen, so nothing is lost or repeated. If the stream cannot be followed at all
+// (expired, HTTP error), we ask the turn's status and either report its end or open the
+// stream again after the last event we saw.
 
 import { api } from "./api.js";
+import { channel } from "./channel.js";
 
 const TERMINAL = new Set(["completed", "failed", "cancelled"]);
 const MAX_SILENT_RETRIES = 4; // consecutive errors with no event in between
@@ -25,6 +29,7 @@ export function followTurn(turnId, { url, onText, onStatus, onCitations, onEnd, 
   let text = "";
   let lastEventId = "";
   let source = null;
+  let unsubscribe = null;
   let closed = false;
   let silentErrors = 0;
   let reopenTimer = null;
@@ -56,25 +61,50 @@ export function followTurn(turnId, { url, onText, onStatus, onCitations, onEnd, 
     "turn.cancelled": () => finish({ status: "cancelled" }),
   };
 
+  /** One event from either transport: keep its id, then apply it. */
+  function deliver(type, id, data) {
+    if (closed) return;
+    silentErrors = 0;
+    reopens = 0;
+    onReconnecting?.(false);
+    if (id) lastEventId = id;
+    handlers[type]?.(data);
+  }
+
   function open() {
+    if (channel.usable) {
+      unsubscribe = channel.subscribe(turnId, {
+        after: () => lastEventId,
+        onEvent: (message) => deliver(message.event, message.id, message.data),
+        onError: () => {
+          unsubscribe = null;
+          checkTurn();
+        },
+        onConnection: (down) => onReconnecting?.(down),
+        onFallback: () => {
+          unsubscribe = null;
+          if (!closed) openEventSource();
+        },
+      });
+    } else {
+      openEventSource();
+    }
+  }
+
+  function openEventSource() {
     const target = lastEventId
       ? `${baseUrl}${baseUrl.includes("?") ? "&" : "?"}after=${encodeURIComponent(lastEventId)}`
       : baseUrl;
     source = new EventSource(target);
-    for (const [type, handle] of Object.entries(handlers)) {
+    for (const type of Object.keys(handlers)) {
       source.addEventListener(type, (event) => {
-        if (closed) return;
-        silentErrors = 0;
-        reopens = 0;
-        onReconnecting?.(false);
-        if (event.lastEventId) lastEventId = event.lastEventId;
         let data = {};
         try {
           data = event.data ? JSON.parse(event.data) : {};
         } catch {
           data = {};
         }
-        handle(data);
+        deliver(type, event.lastEventId, data);
       });
     }
     source.addEventListener("open", () => onReconnecting?.(false));
@@ -122,6 +152,8 @@ export function followTurn(turnId, { url, onText, onStatus, onCitations, onEnd, 
   function close() {
     closed = true;
     clearTimeout(reopenTimer);
+    unsubscribe?.();
+    unsubscribe = null;
     source?.close();
   }
 
