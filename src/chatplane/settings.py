@@ -133,6 +133,10 @@ class Settings(BaseSettings):
     # Database pool (scaled shape).
     db_pool_size: int = Field(default=10, ge=1)
     db_max_overflow: int = Field(default=10, ge=0)
+    # A database that does not answer: give up connecting, or on one statement, after these
+    # (Postgres), so requests fail fast with a retryable 503 instead of hanging.
+    db_connect_timeout_s: float = Field(default=5.0, gt=0)
+    db_command_timeout_s: float = Field(default=30.0, gt=0)
 
     # `chatplane worker` serves GET /metrics on this port (on CHATPLANE_HOST); 0: off.
     worker_metrics_port: int = Field(default=0, ge=0, le=65535)
@@ -142,6 +146,12 @@ class Settings(BaseSettings):
     # Every process announces itself this often; silent for 3 intervals it shows as stale,
     # for 10 it is dropped from the list.
     presence_interval_s: float = Field(default=5.0, gt=0)
+    # The live operations dashboard (`/api/ops/dashboard`, `/api/ops/live`): a frame this
+    # often, rates and p95 over this window, and per-tile `[warning, critical]` overrides as
+    # JSON, e.g. {"latency_p95_s": [0.5, 2]} (tiles and defaults: docs/operations.md).
+    dashboard_interval_s: float = Field(default=2.0, ge=0.2, le=60)
+    dashboard_window_s: float = Field(default=60.0, ge=1, le=3600)
+    dashboard_thresholds: dict[str, tuple[float, float]] = Field(default_factory=dict)
 
     # Knowledge bases. Embeddings: `none` (lexical retrieval only), `openai:<model>` (the
     # OpenAI-compatible upstream's /v1/embeddings) or `local:<model>` (the `local-embeddings`
@@ -157,6 +167,21 @@ class Settings(BaseSettings):
     kb_chunk_overlap_tokens: int = Field(default=50, ge=0, le=4096)
     kb_top_k: int = Field(default=5, ge=1, le=50)
     kb_context_max_tokens: int = Field(default=3000, ge=100)
+
+    # What hot paths read on every request (API keys and sessions -> principal, tenant
+    # limits): an in-process tier, and Redis behind it when CHATPLANE_REDIS_URL is set.
+    # Changes made through the API reach every process at once; these TTLs bound what
+    # changes elsewhere (the database by hand). Items per kind in each process; 0: no cache.
+    cache_local_ttl_s: float = Field(default=30.0, gt=0)
+    cache_ttl_s: float = Field(default=60.0, gt=0)
+    cache_max_items: int = Field(default=10_000, ge=0)
+
+    # The gateway's response cache (tenants and keys opt in; a request can ask with
+    # `"chatplane": {"cache": true}`): how long an answer is kept, the total of the
+    # in-process tier (the embedded shape; Redis bounds its own), and the largest answer kept.
+    response_cache_ttl_s: float = Field(default=3600.0, gt=0)
+    response_cache_max_mb: float = Field(default=64.0, gt=0)
+    response_cache_max_entry_kb: int = Field(default=256, ge=1)
 
     @field_validator("trusted_proxies", "cors_origins", "limits_fail_open_zones", mode="before")
     @classmethod
@@ -183,6 +208,13 @@ class Settings(BaseSettings):
         if any(limit < 0 for limit in value.values()):
             raise ValueError("a zone's requests per minute is 0 (unlimited) or more")
         return value
+
+    @field_validator("dashboard_thresholds")
+    @classmethod
+    def _known_tiles(cls, value: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+        from chatplane.ops.thresholds import check_thresholds
+
+        return check_thresholds(value)
 
     @field_validator("database_url")
     @classmethod

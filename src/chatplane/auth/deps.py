@@ -37,11 +37,25 @@ def bind_principal(principal: Principal) -> Principal:
     return principal
 
 
+def saw_user(services: Services, principal: Principal) -> None:
+    """The user counts as active on the operations dashboard (a set insert per request)."""
+    if services.presence is not None:
+        services.presence.saw_user(principal.user_id)
+
+
 async def authenticate_request(
     services: Services, *, method: str, headers: Mapping[str, str], cookies: Mapping[str, str]
 ) -> Principal:
     """A bearer token (API key or access token), else the web app's session cookie, which
     also needs the CSRF header on anything but a read."""
+    principal = await _authenticate(services, method=method, headers=headers, cookies=cookies)
+    saw_user(services, principal)
+    return principal
+
+
+async def _authenticate(
+    services: Services, *, method: str, headers: Mapping[str, str], cookies: Mapping[str, str]
+) -> Principal:
     token = bearer_token(headers.get("authorization"))
     if token is not None:
         return bind_principal(await services.auth.authenticate_bearer(token))
@@ -62,6 +76,7 @@ async def authenticate_request(
 async def count_request(services: Services, principal: Principal, scope: Scope) -> None:
     """One more request for the caller's key, user and tenant limits (429 when over);
     the decision is kept for the `RateLimit-*` headers."""
+    saw_user(services, principal)  # the /v1 routes authenticate on their own, then count
     zone = zone_of(scope["path"], scope["method"]) or "chat"
     decision = await services.limits.check_requests(principal, zone)
     remember(scope.setdefault("state", {}), decision)

@@ -33,6 +33,7 @@ from chatplane.chat.ws_handshake import Credential, handshake_credential
 from chatplane.container import Services
 from chatplane.errors import BadRequest, ChatplaneError
 from chatplane.http.problems import error_response
+from chatplane.observability.metrics import ws_closed, ws_message, ws_opened, ws_subscribed
 from chatplane.ops.drain import Drain
 
 log = structlog.get_logger("chatplane.ws")
@@ -170,6 +171,7 @@ class Channel:
         assert me is not None
         began = time.monotonic()
         close: tuple[int, str] | None = None
+        ws_opened()
         try:
             with self.drain.stream():
                 try:
@@ -183,6 +185,7 @@ class Channel:
                     close = (CLOSE_RESTART, "server restarting; resubscribe with after")
         finally:
             await self._stop_readers()
+            ws_closed(close[0] if close else None)
         if close is not None:
             with contextlib.suppress(*_GONE):
                 await self.websocket.close(*close)
@@ -226,7 +229,12 @@ class Channel:
     async def _handle(self, text: str) -> None:
         context: dict[str, str] = {}
         try:
-            command = _parse(text)
+            try:
+                command = _parse(text)
+            except ChatplaneError:
+                ws_message("in", None)
+                raise
+            ws_message("in", command.type)
             if isinstance(command, SendMessage):
                 context["conversation_id"] = command.conversation_id
                 await self._send_message(command)
@@ -328,8 +336,10 @@ class Channel:
             self._read(principal, turn_id, after, events, first_wait_s), name=f"ws-{turn_id}"
         )
         self.readers[turn_id] = reader
+        ws_subscribed(1)
 
         def done(task: asyncio.Task[None]) -> None:
+            ws_subscribed(-1)
             if self.readers.get(turn_id) is task:
                 del self.readers[turn_id]
 
@@ -409,6 +419,7 @@ class Channel:
         )
 
     async def _send(self, message: dict[str, Any]) -> None:
+        ws_message("out", message["type"])
         await self.websocket.send(
             {"type": "websocket.send", "text": orjson.dumps(message).decode()}
         )

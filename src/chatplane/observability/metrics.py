@@ -18,6 +18,10 @@ Helpers for code that records metrics (each costs about a microsecond):
 - `redis_error(component)`: a Redis call failed (broker, broker_reader, limits, cache...).
 - turns: `turn_started`, `turn_first_token`, `turn_ended` (the runner).
 - `citations_dropped(count)`: numbers an answer cited that named no given passage.
+- caches (`chatplane.cache`): `cache_lookup_counters(cache, tier)`,
+  `cache_invalidation(cache, direction)`, `cache_error(op)`.
+- `response_cache(result, stored_bytes=0)`: the gateway response cache (hit, miss, store,
+  skip, error).
 
 Multi-process: when `PROMETHEUS_MULTIPROC_DIR` is set before this module is imported (as
 `chatplane serve --workers N` does), values live in files shared by the processes and any
@@ -151,6 +155,12 @@ REDIS_ERRORS = Counter(
     "Failed Redis calls by component.",
     ["component"],
 )
+DB_UNAVAILABLE = Counter(
+    "chatplane_db_unavailable",
+    "Database calls that failed because the database could not be reached, by reason "
+    "(refused, timeout, lost).",
+    ["reason"],
+)
 LIMIT_REFUSALS = Counter(
     "chatplane_limit_refusals",
     "Requests refused by a limit: kind (rate, concurrency, budget) and scope (ip, user, "
@@ -195,6 +205,62 @@ KB_RETRIEVAL_DURATION = Histogram(
 CITATIONS_DROPPED = Counter(
     "chatplane_citations_dropped",
     "Cited numbers in answers that named no passage given to the model ([7] of 3, [0]).",
+)
+CACHE_TIERS = frozenset({"local", "redis"})
+CACHE_LOOKUPS = Counter(
+    "chatplane_cache_lookups",
+    "Lookups in the cache of what hot paths read (principals, policies) by cache, tier "
+    "(local, redis) and result (hit, miss).",
+    ["cache", "tier", "result"],
+)
+CACHE_INVALIDATIONS = Counter(
+    "chatplane_cache_invalidations",
+    "Cache invalidations by cache and direction: sent by this process, received from another.",
+    ["cache", "direction"],
+)
+CACHE_ERRORS = Counter(
+    "chatplane_cache_errors",
+    "Failed cache calls to Redis by operation (get, put, invalidate, subscribe); the request "
+    "went on with the in-process tier and the database.",
+    ["op"],
+)
+RESPONSE_CACHE_RESULTS = frozenset({"hit", "miss", "store", "skip", "error"})
+RESPONSE_CACHE = Counter(
+    "chatplane_gateway_response_cache",
+    "Gateway response cache lookups and writes by result: hit, miss (a cacheable request "
+    "went upstream), store (its answer was kept), skip (not kept: too large, incomplete, "
+    "tool calls), error (the store did not answer).",
+    ["result"],
+)
+RESPONSE_CACHE_STORED_BYTES = Counter(
+    "chatplane_gateway_response_cache_stored_bytes",
+    "Bytes of answers written to the gateway response cache.",
+)
+
+# The WebSocket channel (/api/ws).
+WS_MESSAGE_TYPES = frozenset(
+    {"subscribe", "unsubscribe", "send", "cancel", "event", "accepted", "error"}
+)
+WS_CONNECTIONS = Gauge(
+    "chatplane_ws_connections",
+    "Open WebSocket connections (/api/ws).",
+    multiprocess_mode="livesum",
+)
+WS_SUBSCRIPTIONS = Gauge(
+    "chatplane_ws_subscriptions",
+    "Turns followed on open WebSocket connections.",
+    multiprocess_mode="livesum",
+)
+WS_MESSAGES = Counter(
+    "chatplane_ws_messages",
+    "WebSocket messages by direction (in, out) and type (subscribe, send, event, "
+    "accepted, error...; other for anything else).",
+    ["direction", "type"],
+)
+WS_CLOSES = Counter(
+    "chatplane_ws_closes",
+    "Closed WebSocket connections by close code (1000 when the client left).",
+    ["code"],
 )
 
 # Read from the broker at scrape time: (name, help).
@@ -436,8 +502,60 @@ def redis_error(component: str) -> None:
     REDIS_ERRORS.labels(component).inc()
 
 
+def db_unavailable(reason: str) -> None:
+    DB_UNAVAILABLE.labels(reason).inc()
+
+
 def citations_dropped(count: int) -> None:
     CITATIONS_DROPPED.inc(count)
+
+
+def cache_lookup_counters(cache: str, tier: str) -> tuple[Any, Any]:
+    """The (hit, miss) counters of a cache's tier, bound once by the cache."""
+    lookups = CACHE_LOOKUPS.labels(cache, tier if tier in CACHE_TIERS else OTHER, "hit")
+    return lookups, CACHE_LOOKUPS.labels(cache, tier if tier in CACHE_TIERS else OTHER, "miss")
+
+
+def cache_invalidation(cache: str, direction: str) -> None:
+    CACHE_INVALIDATIONS.labels(cache, direction).inc()
+
+
+def cache_error(op: str) -> None:
+    CACHE_ERRORS.labels(op).inc()
+    REDIS_ERRORS.labels("cache").inc()
+
+
+def response_cache(result: str, stored_bytes: int = 0) -> None:
+    RESPONSE_CACHE.labels(result if result in RESPONSE_CACHE_RESULTS else OTHER).inc()
+    if stored_bytes:
+        RESPONSE_CACHE_STORED_BYTES.inc(stored_bytes)
+
+
+# The WebSocket channel.
+
+_WS_CLOSE_CODES = frozenset({1000, 1001, 1008, 1009, 1011, 1012})
+
+
+def ws_opened() -> None:
+    WS_CONNECTIONS.inc()
+
+
+def ws_closed(code: int | None) -> None:
+    """A connection ended: `code` is the close code the server sent, None when the client
+    left first (counted as 1000)."""
+    WS_CONNECTIONS.dec()
+    code = 1000 if code is None else code
+    WS_CLOSES.labels(str(code) if code in _WS_CLOSE_CODES else OTHER).inc()
+
+
+def ws_subscribed(delta: int) -> None:
+    WS_SUBSCRIPTIONS.inc(delta)
+
+
+def ws_message(direction: str, kind: object) -> None:
+    """One message in (from the client) or out; `kind` is its `type` field, as sent."""
+    label = kind if isinstance(kind, str) and kind in WS_MESSAGE_TYPES else OTHER
+    WS_MESSAGES.labels(direction, label).inc()
 
 
 # The database pool: gauges kept current by pool events, so every process's files hold

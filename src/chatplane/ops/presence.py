@@ -6,14 +6,18 @@ withdraws its entry; one that dies (kill -9) stops announcing, shows as stale af
 
 Two stores share one small protocol: in-process (the embedded shape is one process) and
 Redis (one hash, one `HSET` per heartbeat; stale entries are pruned when listed). Times are
-wall-clock seconds, since processes on several hosts compare them."""
+wall-clock seconds, since processes on several hosts compare them.
+
+Each announcement also carries the process's metrics snapshot (`chatplane.ops.snapshot`),
+and each heartbeat hands over the users it saw authenticate since the last one, for the
+live operations dashboard (`chatplane.ops.dashboard`)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -23,6 +27,7 @@ import structlog
 from chatplane import __version__
 from chatplane.chat.worker import consumer_name
 from chatplane.errors import ServiceUnavailable
+from chatplane.ops.snapshot import take_snapshot
 from chatplane.settings import Settings
 
 if TYPE_CHECKING:
@@ -36,6 +41,7 @@ log = structlog.get_logger("chatplane.presence")
 ProcessKind = Literal["api", "worker"]
 STALE_AFTER_BEATS = 3
 PRUNE_AFTER_BEATS = 10
+ACTIVE_USERS_WINDOW_S = 300.0  # "active users": seen authenticating in the last 5 minutes
 _REDIS_TIMEOUT_S = 2.0
 
 
@@ -52,6 +58,7 @@ class ProcessInfo:
     concurrency: int | None = None
     draining: bool | None = None  # API processes
     inflight: int | None = None  # model calls in flight (API processes)
+    metrics: dict[str, Any] | None = None  # `MetricsSnapshot.dump()` for the dashboard
 
     def dump(self) -> bytes:
         return orjson.dumps(asdict(self))
@@ -80,6 +87,12 @@ class PresenceStore(Protocol):
     async def processes(self, *, seen_since: float) -> list[ProcessInfo]:
         """Every entry seen at or after `seen_since`; older ones are dropped."""
 
+    async def mark_active(self, user_ids: Iterable[str], *, at: float) -> None:
+        """These users were seen at `at`; anyone not seen for `ACTIVE_USERS_WINDOW_S` goes."""
+
+    async def count_active(self, *, since: float) -> int:
+        """How many users were seen at or after `since`."""
+
     async def close(self) -> None: ...
 
 
@@ -88,6 +101,7 @@ class MemoryPresenceStore:
 
     def __init__(self) -> None:
         self._entries: dict[str, ProcessInfo] = {}
+        self._active: dict[str, float] = {}
 
     async def announce(self, info: ProcessInfo) -> None:
         self._entries[info.id] = info
@@ -100,17 +114,30 @@ class MemoryPresenceStore:
             del self._entries[process_id]
         return list(self._entries.values())
 
+    async def mark_active(self, user_ids: Iterable[str], *, at: float) -> None:
+        for user_id in user_ids:
+            self._active[user_id] = at
+        cutoff = at - ACTIVE_USERS_WINDOW_S
+        for user_id in [k for k, seen in self._active.items() if seen < cutoff]:
+            del self._active[user_id]
+
+    async def count_active(self, *, since: float) -> int:
+        return sum(1 for seen in self._active.values() if seen >= since)
+
     async def close(self) -> None:
         self._entries.clear()
+        self._active.clear()
 
 
 class RedisPresenceStore:
-    """One hash `{prefix}:ops:processes`: a field per process, its JSON as the value."""
+    """One hash `{prefix}:ops:processes`: a field per process, its JSON as the value; and
+    one sorted set `{prefix}:ops:active_users`: user ids scored by when last seen."""
 
     def __init__(self, url: str, *, key_prefix: str) -> None:
         from redis.asyncio import Redis
 
         self.key = f"{key_prefix}:ops:processes"
+        self.active_key = f"{key_prefix}:ops:active_users"
         self._client: Redis = Redis.from_url(
             url,
             decode_responses=True,
@@ -147,6 +174,19 @@ class RedisPresenceStore:
             async with self._call():
                 await self._client.hdel(self.key, *gone)
         return found
+
+    async def mark_active(self, user_ids: Iterable[str], *, at: float) -> None:
+        scores = dict.fromkeys(user_ids, at)
+        async with self._call():
+            pipe = self._client.pipeline(transaction=False)
+            if scores:
+                pipe.zadd(self.active_key, scores)
+            pipe.zremrangebyscore(self.active_key, "-inf", f"({at - ACTIVE_USERS_WINDOW_S}")
+            await pipe.execute()
+
+    async def count_active(self, *, since: float) -> int:
+        async with self._call():
+            return int(await self._client.zcount(self.active_key, since, "+inf"))
 
     async def close(self) -> None:
         await self._client.aclose()
@@ -188,6 +228,7 @@ class Presence:
         self.worker: TurnWorker | None = None
         self.drain: Drain | None = None
         self._task: asyncio.Task[None] | None = None
+        self._users_seen: set[str] = set()  # since the last heartbeat
 
     def snapshot(self) -> ProcessInfo:
         runs_turns = self.worker is not None
@@ -203,13 +244,32 @@ class Presence:
             concurrency=self.concurrency if runs_turns else None,
             draining=self.drain.draining if self.drain is not None else None,
             inflight=self.drain.inflight if self.drain is not None else None,
+            metrics=take_snapshot().dump(),
         )
 
     def watch_drain(self, drain: Drain) -> None:
         self.drain = drain
 
+    def saw_user(self, user_id: str) -> None:
+        """A user authenticated (a set insert: the store hears of it at the next beat)."""
+        self._users_seen.add(user_id)
+
     async def beat(self) -> None:
         await self.store.announce(self.snapshot())
+        await self.flush_users()
+
+    async def flush_users(self) -> None:
+        users, self._users_seen = self._users_seen, set()
+        try:
+            await self.store.mark_active(users, at=time.time())
+        except ServiceUnavailable:
+            self._users_seen |= users  # told at the next beat instead
+            raise
+
+    async def active_users(self) -> int:
+        """Users seen in the last `ACTIVE_USERS_WINDOW_S`, across every process."""
+        await self.flush_users()
+        return await self.store.count_active(since=time.time() - ACTIVE_USERS_WINDOW_S)
 
     def start(self) -> None:
         if self._task is None:

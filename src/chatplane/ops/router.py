@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 from collections.abc import AsyncIterator
@@ -10,17 +11,21 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
+from fastapi.responses import StreamingResponse
 
 from chatplane.auth.deps import ClientDep, ServicesDep, authenticate_request, bearer_token
 from chatplane.container import Services
 from chatplane.errors import Forbidden, ServiceUnavailable
 from chatplane.http.openapi import BEARER, PROBLEM
+from chatplane.ops.dashboard import Dashboard
 from chatplane.ops.drain import Drain
 from chatplane.ops.schemas import (
+    DashboardOut,
     DeadLettersOut,
     StatusOut,
     ThisProcessOut,
     TurnActionOut,
+    dashboard_out,
     dead_letter_out,
     status_out,
     this_process_out,
@@ -89,6 +94,17 @@ def ops_service(services: ServicesDep) -> OpsService:
     )
 
 
+def ops_dashboard(request: Request, services: ServicesDep) -> Dashboard:
+    """One per process, made on first use: its samples serve every viewer."""
+    board: Dashboard | None = getattr(request.app.state, "ops_dashboard", None)
+    if board is None:
+        if services.presence is None:
+            raise ServiceUnavailable("This process announces no presence", code="ops_unavailable")
+        board = Dashboard(services.settings, services.presence, services.broker)
+        request.app.state.ops_dashboard = board
+    return board
+
+
 def this_drain(request: Request) -> Drain:
     drain: Drain = request.app.state.drain
     return drain
@@ -97,6 +113,7 @@ def this_drain(request: Request) -> Drain:
 Actor = Annotated[OpsActor, Depends(ops_actor)]
 Ops = Annotated[OpsService, Depends(ops_service)]
 ThisDrain = Annotated[Drain, Depends(this_drain)]
+Board = Annotated[Dashboard, Depends(ops_dashboard)]
 TurnId = Annotated[str, Path(min_length=1, max_length=64)]
 _SECURE = {"security": BEARER}
 
@@ -107,6 +124,38 @@ async def status(_: Actor, ops: Ops, drain: ThisDrain) -> StatusOut:
     silent for 3 heartbeats), the queue, turns queued and running, the database pool, and
     whether the database and Redis answer."""
     return status_out(await ops.status(drain))
+
+
+@router.get("/dashboard", openapi_extra=_SECURE)
+async def dashboard(_: Actor, board: Board) -> DashboardOut:
+    """The live operations dashboard once: tiles (value, state against the thresholds),
+    counters summed over every live process, and the recent history of the charted tiles."""
+    return dashboard_out(await board.view(), board.interval_s)
+
+
+@router.get(
+    "/live",
+    openapi_extra=_SECURE,
+    response_class=StreamingResponse,
+    responses={200: {"description": "Event stream", "content": {"text/event-stream": {}}}},
+)
+async def live(_: Actor, board: Board, drain: ThisDrain) -> StreamingResponse:
+    """The dashboard as server-sent events: a `dashboard` frame (the JSON of
+    `/api/ops/dashboard`) every `CHATPLANE_DASHBOARD_INTERVAL_S`. The stream ends when this
+    process drains; EventSource reconnects by itself."""
+    return StreamingResponse(
+        _frames(board, drain),
+        media_type="text/event-stream",
+        headers={"cache-control": "no-store", "x-accel-buffering": "no"},
+    )
+
+
+async def _frames(board: Dashboard, drain: Drain) -> AsyncIterator[bytes]:
+    yield f"retry: {int(board.interval_s * 1000)}\n\n".encode()
+    while not drain.draining:
+        frame = dashboard_out(await board.view(), board.interval_s)
+        yield b"event: dashboard\ndata: " + frame.model_dump_json().encode() + b"\n\n"
+        await asyncio.sleep(board.interval_s)
 
 
 @router.post("/drain", openapi_extra=_SECURE)

@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 
 from chatplane import __version__
 from chatplane.broker.protocol import DeadLetter
+from chatplane.ops.dashboard import View
 from chatplane.ops.drain import Drain
 from chatplane.ops.presence import Presence, SeenProcess
 from chatplane.ops.service import Check, Status, TurnAction
@@ -96,6 +97,79 @@ class TurnActionOut(BaseModel):
     status: str = Field(description="The turn's status after the action")
     action: Literal["cancel_requested", "cancelled", "requeued"]
     job_id: str | None = Field(default=None, description="The fresh job of a requeued turn")
+
+
+class TileOut(BaseModel):
+    key: str = Field(description="active_users, open_streams, requests_per_s, latency_p95_s...")
+    label: str
+    unit: str = Field(description='"" (a count), "/s", "/min", "s" or "ratio"')
+    value: float | None = Field(description="null until known (rates need two samples)")
+    state: Literal["ok", "warning", "critical", "unknown"]
+    warning: float = Field(description="The value from which the tile warns")
+    critical: float = Field(description="The value from which the tile is critical")
+
+
+class DashboardTotalsOut(BaseModel):
+    """Counters summed over the live processes since each started."""
+
+    requests: float
+    server_errors: float
+    messages: float = Field(description="Chat messages accepted: HTTP, WebSocket and /v1")
+    provider_errors: float
+    turns: dict[str, float] = Field(description="Ended turns by outcome")
+
+
+class WebSocketsOut(BaseModel):
+    connections: float
+    subscriptions: float
+
+
+class DashboardOut(BaseModel):
+    time: datetime
+    interval_s: float = Field(description="Seconds between frames of /api/ops/live")
+    window_s: float | None = Field(description="The span the rates cover; null at first")
+    processes: int = Field(description="Live processes whose numbers are summed")
+    tiles: list[TileOut]
+    totals: DashboardTotalsOut
+    websockets: WebSocketsOut
+    history: dict[str, list[tuple[float, float | None]]] = Field(
+        description="Per charted tile, [unix time, value] points, oldest first"
+    )
+    errors: list[str] = Field(description="Parts that could not be read this time")
+
+
+def dashboard_out(view: View, interval_s: float) -> DashboardOut:
+    totals = view.totals
+    return DashboardOut(
+        time=_at(view.at),
+        interval_s=interval_s,
+        window_s=view.window_s,
+        processes=view.processes,
+        tiles=[
+            TileOut(
+                key=tile.key,
+                label=tile.label,
+                unit=tile.unit,
+                value=tile.value,
+                state=tile.state,
+                warning=tile.warning,
+                critical=tile.critical,
+            )
+            for tile in view.tiles
+        ],
+        totals=DashboardTotalsOut(
+            requests=totals.requests,
+            server_errors=totals.server_errors,
+            messages=totals.messages,
+            provider_errors=totals.provider_errors,
+            turns=dict(totals.turns),
+        ),
+        websockets=WebSocketsOut(
+            connections=view.ws_connections, subscriptions=view.ws_subscriptions
+        ),
+        history={key: list(points) for key, points in view.history.items()},
+        errors=view.errors,
+    )
 
 
 def _at(unix: float) -> datetime:

@@ -7,6 +7,7 @@ import { auditPage } from "./admin-audit.js";
 import { invitationsPage } from "./admin-invitations.js";
 import { keysPage } from "./admin-keys.js";
 import { limitsPage } from "./admin-limits.js";
+import { opsPage } from "./admin-ops.js";
 import { modelsPage, tenantsPage } from "./admin-platform.js";
 import { pricesPage } from "./admin-prices.js";
 import { aicon } from "./admin-ui.js";
@@ -25,6 +26,7 @@ const PAGES = {
   tenants: tenantsPage,
   models: modelsPage,
   prices: pricesPage,
+  ops: opsPage,
   account: accountPage,
 };
 
