@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -39,6 +40,9 @@ from chatplane.settings import Settings
 from chatplane.usage.router import router as usage_router
 from chatplane.web.router import router as web_router
 from chatplane.web.router import static_files
+
+# /readyz gives each dependency this long (the database ping gives up a little sooner).
+READY_CHECK_TIMEOUT_S = 3.0
 
 
 def create_app(
@@ -88,10 +92,14 @@ def create_app(
         checks: dict[str, str] = {}
         for name, ping in (("database", current.db.ping), ("broker", current.broker.ping)):
             try:
-                await ping()
+                # A dependency that does not answer (a cut network) must not hang the probe.
+                async with asyncio.timeout(READY_CHECK_TIMEOUT_S):
+                    await ping()
                 checks[name] = "ok"
             except ChatplaneError as exc:
                 checks[name] = exc.detail
+            except TimeoutError:
+                checks[name] = f"no answer within {READY_CHECK_TIMEOUT_S:g} s"
         draining = app.state.drain.draining
         if draining:
             checks["draining"] = "yes"

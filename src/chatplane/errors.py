@@ -89,6 +89,14 @@ class ServiceUnavailable(ChatplaneError):
     title = "Service unavailable"
 
 
+class DatabaseUnavailable(ServiceUnavailable):
+    """The database cannot be reached (refused, reset, timed out). Temporary: the request
+    can be sent again, and nothing of it was half-written."""
+
+    code = "database_unavailable"
+    title = "The database is unreachable"
+
+
 class ProviderError(ChatplaneError):
     """An upstream model call failed. `kind` says how, for turn failures and metrics."""
 

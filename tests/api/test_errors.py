@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 
+from chatplane.app import create_app
+from chatplane.db.engine import Database, create_engine
 from tests.api.live import LiveServer
+from tests.conftest import make_settings
 
 
 async def test_requests_without_credentials_are_401(live: LiveServer) -> None:
@@ -138,3 +145,41 @@ async def test_openapi_describes_every_route(live: LiveServer) -> None:
         "text/event-stream"
         in (paths["/api/turns/{turn_id}/events"]["get"]["responses"]["200"]["content"])
     )
+
+
+async def test_an_unhandled_error_is_a_500_problem_with_the_request_id(
+    live: LiveServer,
+) -> None:
+    """An exception no handler knows reaches Starlette's outermost error handler; its 500
+    still carries the request id and the usual headers, and nothing of the exception."""
+    app = create_app(live.services.settings, services=live.services)
+
+    @app.get("/api/boom")
+    async def boom() -> None:
+        raise RuntimeError("secret detail of the failure")
+
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        response = await client.get("/api/boom", headers={"x-request-id": "req-500"})
+    assert response.status_code == 500
+    assert response.headers["x-request-id"] == "req-500"
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert response.json()["code"] == "internal_error"
+    assert "secret detail" not in response.text
+
+
+@pytest.mark.parametrize("log_content", [False, True])
+async def test_database_errors_hide_statement_parameters(tmp_path: Path, log_content: bool) -> None:
+    """Parameters (message text, emails) stay out of database errors, and so out of logged
+    tracebacks, unless content logging is on."""
+    db = Database(create_engine(make_settings(tmp_path, log_content=log_content)))
+    insert = text("INSERT INTO t VALUES (:a)")
+    try:
+        async with db.session() as session:
+            await session.execute(text("CREATE TEMP TABLE t (a TEXT PRIMARY KEY)"))
+            await session.execute(insert, {"a": "hunter2"})
+            with pytest.raises(IntegrityError) as failed:
+                await session.execute(insert, {"a": "hunter2"})
+    finally:
+        await db.close()
+    assert ("hunter2" in str(failed.value)) is log_content

@@ -9,13 +9,19 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import make_transient
 
 from chatplane.broker.protocol import Broker, Job, JobLost
 from chatplane.chat.models import Conversation, Message, Turn
 from chatplane.chat.repository import TurnRepository, next_seq
 from chatplane.db.base import new_id, utcnow
 from chatplane.db.engine import Database
-from chatplane.errors import ChatplaneError, ProviderError
+from chatplane.errors import (
+    ChatplaneError,
+    DatabaseUnavailable,
+    ProviderError,
+    ServiceUnavailable,
+)
 from chatplane.knowledge.citations import resolve_citations
 from chatplane.knowledge.prompt import GivenPassage
 from chatplane.knowledge.retrieval import RetrievalFailed, retrieve
@@ -45,6 +51,10 @@ if TYPE_CHECKING:
 log = structlog.get_logger("chatplane.turns")
 
 CANCEL_POLL_S = 0.2
+# While the database is unreachable a job is held (its claim kept alive) and the database
+# asked again this often, for at most this long before the job is handed back.
+DB_RETRY_S = 1.0
+DB_WAIT_MAX_S = 300.0
 
 
 class TurnCancelled(Exception):
@@ -90,6 +100,27 @@ class TurnRunner:
         finally:
             structlog.contextvars.unbind_contextvars("turn_id")
 
+    async def hold_until_database(self, job: Job) -> bool:
+        """Wait for the database to answer again, keeping the claim on `job` alive. False
+        when the claim was lost (another worker has the job) or the wait ran out."""
+        interval = min(DB_RETRY_S, self.settings.job_visibility_timeout_s / 3)
+        deadline = time.monotonic() + DB_WAIT_MAX_S
+        while time.monotonic() < deadline:
+            await asyncio.sleep(interval)
+            try:
+                await self.broker.heartbeat(job)
+            except JobLost:
+                return False
+            except ServiceUnavailable:
+                pass  # the broker is away too: the claim may lapse, the result is idempotent
+            try:
+                await self.db.ping(timeout_s=interval)
+            except ServiceUnavailable:
+                continue
+            log.info("database_back", job_id=job.id)
+            return True
+        return False
+
     async def _settle(self, turn: Turn, payload: Mapping[str, Any], cost: float | None) -> None:
         """Settle the turn's budget reservation once the outcome is stored (only the run that
         stored it gets a cost; a second run of the same turn finds nothing to settle)."""
@@ -113,7 +144,7 @@ class TurnRunner:
         if restarted:
             await self.broker.publish(turn_id, "turn.restarted", {"attempt": job.attempt})
         if await self.broker.cancel_requested(turn_id):
-            await self._settle(turn, job.payload, await self._finish_cancelled(turn, ""))
+            await self._settle(turn, job.payload, await self._finish_cancelled(turn, "", job=job))
             return
         await self.broker.publish(turn_id, "turn.started", {"model": turn.model})
         log.info("turn_started", model=turn.model, attempt=job.attempt, restarted=restarted)
@@ -126,17 +157,21 @@ class TurnRunner:
         try:
             finish = await self._generate(turn, job, history, text, query, given)
         except TurnCancelled:
-            cost = await self._finish_cancelled(turn, "".join(text), history)
+            cost = await self._finish_cancelled(turn, "".join(text), history, job=job)
         except JobLost:
             log.warning("turn_claim_lost")  # another worker runs it now; store nothing
+        except DatabaseUnavailable:
+            raise  # not the turn's fault: the worker holds the job and runs it again
         except ProviderError as exc:
             log.warning("turn_provider_error", kind=exc.kind, detail=exc.detail)
             provider_error(getattr(self.registry.get(turn.model), "kind", "unknown"), exc.kind)
-            cost = await self._finish_failed(turn, exc.code, exc.detail)
+            cost = await self._finish_failed(turn, exc.code, exc.detail, job=job)
         except ChatplaneError as exc:
-            cost = await self._finish_failed(turn, exc.code, exc.detail)
+            cost = await self._finish_failed(turn, exc.code, exc.detail, job=job)
         else:
-            cost = await self._finish_completed(turn, "".join(text), finish.usage, history, given)
+            cost = await self._finish_completed(
+                turn, "".join(text), finish.usage, history, given, job=job
+            )
         await self._settle(turn, job.payload, cost)
 
     async def _generate(
@@ -271,6 +306,8 @@ class TurnRunner:
         usage: Usage | None,
         history: Sequence[Message],
         given: Sequence[GivenPassage] | None = None,
+        *,
+        job: Job | None = None,
     ) -> float | None:
         """Store the answer (with the passages it cites, when it retrieved); its cost when
         this run stored it, else None."""
@@ -282,7 +319,7 @@ class TurnRunner:
             if dropped:
                 log.info("turn_citations_dropped", dropped=dropped)
         stored, message_id = await self._store(
-            turn, status="completed", text=text, usage=record, citations=citations
+            turn, status="completed", text=text, usage=record, citations=citations, job=job
         )
         payload = {
             "message_id": message_id,
@@ -301,19 +338,28 @@ class TurnRunner:
         return record.cost_usd
 
     async def _finish_cancelled(
-        self, turn: Turn, text: str, history: Sequence[Message] = ()
+        self,
+        turn: Turn,
+        text: str,
+        history: Sequence[Message] = (),
+        *,
+        job: Job | None = None,
     ) -> float | None:
         """A cancelled turn keeps its partial answer, and costs what was generated."""
         record = (await self._usage(turn, None, history, text))[1] if text else None
-        stored, message_id = await self._store(turn, status="cancelled", text=text, usage=record)
+        stored, message_id = await self._store(
+            turn, status="cancelled", text=text, usage=record, job=job
+        )
         if not stored:
             return None
         await self._end(turn.id, "turn.cancelled", {"message_id": message_id})
         turn_ended(turn, "cancelled", record)
         return record.cost_usd if record is not None else 0.0
 
-    async def _finish_failed(self, turn: Turn, code: str, detail: str) -> float | None:
-        stored, _ = await self._store(turn, status="failed", text="", error=(code, detail))
+    async def _finish_failed(
+        self, turn: Turn, code: str, detail: str, *, job: Job | None = None
+    ) -> float | None:
+        stored, _ = await self._store(turn, status="failed", text="", error=(code, detail), job=job)
         if not stored:
             return None
         await self._end(turn.id, "turn.failed", {"error": {"code": code, "message": detail}})
@@ -339,12 +385,45 @@ class TurnRunner:
         usage: UsageRecord | None = None,
         error: tuple[str, str] | None = None,
         citations: list[dict[str, Any]] | None = None,
+        job: Job | None = None,
     ) -> tuple[bool, str | None]:
         """Commit the outcome in one transaction; returns (stored, assistant message id).
         Idempotent on the turn: a second run of the same turn finds it ended (or hits the
-        unique turn_id) and stores nothing."""
-        now = utcnow()
+        unique turn_id) and stores nothing. While the database is unreachable the outcome
+        (already streamed to the clients) is kept and stored once it is back."""
         message_id = new_id() if text else None
+        retried = False
+        while True:
+            try:
+                return await self._store_once(
+                    turn,
+                    status=status,
+                    text=text,
+                    message_id=message_id,
+                    usage=usage,
+                    error=error,
+                    citations=citations,
+                    retried=retried,
+                )
+            except DatabaseUnavailable as exc:
+                log.warning("turn_store_deferred", error=exc.detail)
+                if job is None or not await self.hold_until_database(job):
+                    raise
+                retried = True
+
+    async def _store_once(
+        self,
+        turn: Turn,
+        *,
+        status: str,
+        text: str,
+        message_id: str | None,
+        usage: UsageRecord | None,
+        error: tuple[str, str] | None,
+        citations: list[dict[str, Any]] | None,
+        retried: bool,
+    ) -> tuple[bool, str | None]:
+        now = utcnow()
         async with self.db.session() as session:
             repo = TurnRepository(session)
             ended = await repo.finish(
@@ -356,6 +435,14 @@ class TurnRunner:
                 assistant_message_id=message_id,
             )
             if not ended:
+                if retried:  # the connection broke during our commit: did it land?
+                    stored = await repo.turn(turn.id)
+                    if (
+                        stored is not None
+                        and stored.status == status
+                        and stored.assistant_message_id == message_id
+                    ):
+                        return True, message_id
                 return False, None
             if message_id is not None:
                 session.add(
@@ -372,6 +459,8 @@ class TurnRunner:
                     )
                 )
             if usage is not None:
+                if retried:
+                    make_transient(usage)  # a row again, whatever the broken session left
                 session.add(usage)
             conversation = await session.get(Conversation, turn.conversation_id)
             if conversation is not None:

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import structlog
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from chatplane.auth.principal import Principal
@@ -15,7 +16,7 @@ from chatplane.chat.repository import ChatRepository, messages_of, next_seq
 from chatplane.chat.runner import fit_context
 from chatplane.db.base import new_id, utcnow
 from chatplane.db.cursors import decode_cursor, encode_cursor
-from chatplane.db.engine import Database
+from chatplane.db.engine import Database, is_outage
 from chatplane.errors import BadRequest, ChatplaneError, NotFound, ServiceUnavailable
 from chatplane.knowledge.service import KnowledgeService, retrieval_prompt_bound
 from chatplane.limits.service import Admission, LimitService
@@ -215,7 +216,7 @@ class ChatService:
                     conversation.title = title_from(content)
                 conversation.updated_at = now
                 session.add_all([message, turn])
-                await session.commit()
+                await self._commit_turn(session, turn_id)
             except BaseException:
                 await admission.finish(0.0)
                 raise
@@ -270,6 +271,22 @@ class ChatService:
             count_request=False,
             concurrent=False,
         )
+
+    async def _commit_turn(self, session: AsyncSession, turn_id: str) -> None:
+        """Commit a new message and its turn. A connection that breaks during the commit
+        leaves it unknown whether the rows are stored: the turn is queued all the same
+        (the worker runs a turn only when its row exists), so a stored message is never
+        left unanswered, and one that was not stored costs a no-op job."""
+        try:
+            await session.commit()
+        except (DBAPIError, OSError) as exc:
+            if is_outage(exc):
+                log.warning("turn_commit_uncertain", turn_id=turn_id)
+                try:
+                    await self.broker.enqueue(TURN_JOB, {"turn_id": turn_id})
+                except ChatplaneError as enqueue_failed:
+                    log.error("turn_enqueue_failed", turn_id=turn_id, error=enqueue_failed.detail)
+            raise
 
     async def _withdraw(self, turn: Turn, exc: ChatplaneError) -> None:
         """Take back a message whose turn could not be queued, so a retry does not

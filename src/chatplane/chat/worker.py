@@ -17,7 +17,7 @@ import structlog
 from chatplane.broker.protocol import Broker, Job
 from chatplane.chat.runner import TurnRunner
 from chatplane.chat.service import TURN_JOB
-from chatplane.errors import ServiceUnavailable
+from chatplane.errors import DatabaseUnavailable, ServiceUnavailable
 from chatplane.observability.metrics import turn_worker_done, turn_worker_took
 
 log = structlog.get_logger("chatplane.worker")
@@ -142,25 +142,47 @@ class TurnWorker:
             log.warning("job_kind_unknown", job_id=job.id, kind=job.kind)
             await self.broker.release(job)
             return
-        try:
-            await handler.run(job)
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # the job survives: handed back now, or failed on its last try
-            log.exception(
-                "job_crashed",
-                job_id=job.id,
-                kind=job.kind,
-                attempt=job.attempt,
-                **{key: job.payload[key] for key in JOB_SUBJECTS if key in job.payload},
-            )
-            if job.attempt >= self.max_attempts:
-                await handler.abandon(job, f"The job failed {job.attempt} times")
-                await self.broker.ack(job)
-            else:
+        while True:
+            try:
+                await handler.run(job)
+            except asyncio.CancelledError:
+                raise
+            except DatabaseUnavailable as exc:
+                if await self._wait_for_database(job, exc):
+                    continue  # run it again here: the outage was not the job's fault
                 await self.broker.release(job)
+            except Exception:  # the job survives: handed back now, or failed on its last try
+                await self._crashed(handler, job)
+            else:
+                await self.broker.ack(job)
             return
-        await self.broker.ack(job)
+
+    async def _wait_for_database(self, job: Job, exc: DatabaseUnavailable) -> bool:
+        """Hold the job until the database is back (False: the claim was lost or the wait
+        ran out). Handing it back at once would count an attempt per try, and an outage of
+        a few seconds would fail the job."""
+        log.warning(
+            "job_waits_for_database",
+            job_id=job.id,
+            kind=job.kind,
+            error=exc.detail,
+            **{key: job.payload[key] for key in JOB_SUBJECTS if key in job.payload},
+        )
+        return await self.runner.hold_until_database(job)
+
+    async def _crashed(self, handler: JobHandler, job: Job) -> None:
+        log.exception(
+            "job_crashed",
+            job_id=job.id,
+            kind=job.kind,
+            attempt=job.attempt,
+            **{key: job.payload[key] for key in JOB_SUBJECTS if key in job.payload},
+        )
+        if job.attempt >= self.max_attempts:
+            await handler.abandon(job, f"The job failed {job.attempt} times")
+            await self.broker.ack(job)
+        else:
+            await self.broker.release(job)
 
     async def stop(self, *, deadline_s: float) -> None:
         """Stop claiming, let running turns finish within the deadline, hand back the rest."""

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -17,9 +19,14 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
-from chatplane.errors import ServiceUnavailable
-from chatplane.observability.metrics import watch_pool
+from chatplane.errors import DatabaseUnavailable
+from chatplane.observability.metrics import db_unavailable, watch_pool
 from chatplane.settings import Settings
+
+# What a refused request tells its client to wait before sending it again.
+RETRY_AFTER_S = 3
+# A readiness probe gives up on the database after this.
+PING_TIMEOUT_S = 2.0
 
 
 def ensure_sqlite_dir(url: str) -> None:
@@ -31,9 +38,14 @@ def ensure_sqlite_dir(url: str) -> None:
 
 def create_engine(settings: Settings, url: str | None = None) -> AsyncEngine:
     url = url or settings.resolved_database_url
+    # Statement parameters (message text, emails) stay out of error messages and
+    # tracebacks unless content logging is on.
+    hide_parameters = not settings.log_content
     if make_url(url).get_backend_name() == "sqlite":
         ensure_sqlite_dir(url)
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        engine = create_async_engine(
+            url, connect_args={"timeout": 30}, hide_parameters=hide_parameters
+        )
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     return create_async_engine(
@@ -42,6 +54,11 @@ def create_engine(settings: Settings, url: str | None = None) -> AsyncEngine:
         max_overflow=settings.db_max_overflow,
         pool_pre_ping=True,
         pool_recycle=1800,
+        hide_parameters=hide_parameters,
+        connect_args={
+            "timeout": settings.db_connect_timeout_s,
+            "command_timeout": settings.db_command_timeout_s,
+        },
     )
 
 
@@ -54,15 +71,47 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def _is_outage(exc: BaseException) -> bool:
-    """Connection loss and lock time-outs are retryable; constraint errors are not."""
-    if isinstance(exc, OSError | OperationalError):
-        return True
+def is_outage(exc: BaseException) -> bool:
+    """Connection loss, time-outs and lock time-outs are retryable; constraint errors are
+    not."""
+    if isinstance(exc, OSError | OperationalError | PoolTimeout):
+        return True  # OSError covers refused, reset and TimeoutError
     return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
+def _outage_reason(exc: BaseException) -> str:
+    """A short, stable word for the readiness check, the metric and the problem."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ConnectionRefusedError):
+            return "refused"
+        if isinstance(seen, TimeoutError | PoolTimeout):
+            return "timeout"
+        seen = seen.__cause__ or seen.__context__
+    return "lost"
+
+
+REASON_TEXT = {
+    "refused": "connection refused",
+    "timeout": "no answer in time",
+    "lost": "connection lost",
+}
+
+
+def database_unavailable(reason: str) -> DatabaseUnavailable:
+    db_unavailable(reason)
+    return DatabaseUnavailable(
+        f"The database is unreachable ({REASON_TEXT.get(reason, reason)}); this is "
+        "temporary, retry in a few seconds",
+        retry_after=RETRY_AFTER_S,
+    )
+
+
 class Database:
-    """Owns the engine and hands out sessions; the caller owns the transaction."""
+    """Owns the engine and hands out sessions; the caller owns the transaction.
+
+    Every way of losing the database (refused, reset mid-query, a dead pooled connection,
+    a time-out) leaves a session as `DatabaseUnavailable`: a 503 with Retry-After."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
@@ -74,16 +123,18 @@ class Database:
         try:
             async with self.sessions() as session:
                 yield session
-        except (DBAPIError, OSError) as exc:
-            if not _is_outage(exc):
+        except (DBAPIError, OSError, PoolTimeout) as exc:
+            if not is_outage(exc):
                 raise
-            raise ServiceUnavailable("The database is unreachable; retry shortly") from exc
+            raise database_unavailable(_outage_reason(exc)) from exc
 
-    async def ping(self) -> None:
-        from sqlalchemy import text
-
-        async with self.session() as session:
-            await session.execute(text("SELECT 1"))
+    async def ping(self, *, timeout_s: float = PING_TIMEOUT_S) -> None:
+        """Raise `DatabaseUnavailable` unless the database answers within `timeout_s`."""
+        try:
+            async with asyncio.timeout(timeout_s), self.session() as session:
+                await session.execute(text("SELECT 1"))
+        except TimeoutError as exc:
+            raise database_unavailable("timeout") from exc
 
     async def close(self) -> None:
         await self.engine.dispose()

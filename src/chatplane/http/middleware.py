@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import secrets
 from time import perf_counter
@@ -11,7 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chatplane.errors import PayloadTooLarge
 from chatplane.http.client import ClientResolver
-from chatplane.http.problems import error_response
+from chatplane.http.problems import error_response, internal_error_response
 from chatplane.observability.metrics import HttpMetrics
 
 REQUEST_ID_HEADER = b"x-request-id"
@@ -120,6 +121,14 @@ class HttpMiddleware:
             if not started:
                 status = 413
                 await self._too_large(path, send, request_id, limit)
+        except Exception:
+            # The outermost error handler (outside this middleware) logs it and would send
+            # its 500 without our headers: send it here, with them, and let it log. The
+            # error stays the one raised, even when the client is gone and the send fails.
+            if not started:
+                with contextlib.suppress(Exception):
+                    await internal_error_response(path)(scope, _no_receive, send_with_headers)
+            raise
         finally:
             self._done(scope, status, began)
 

@@ -79,6 +79,17 @@ def error_response(path: str, exc: ChatplaneError) -> Response:
     )
 
 
+def internal_error_response(path: str) -> Response:
+    """The 500 for an exception nobody handled: no detail of it reaches the client."""
+    return problem_response(
+        path,
+        status=500,
+        code="internal_error",
+        title="Internal error",
+        detail="Something went wrong on our side; the error was logged",
+    )
+
+
 def _field(location: tuple[int | str, ...]) -> str:
     """`("body", "messages", 0)` -> `messages.0`; the source of the value is not part of it."""
     parts = location[1:] if location and location[0] in REQUEST_PARTS else location
@@ -126,13 +137,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unhandled_error", path=request.url.path)
-        return problem_response(
-            request.url.path,
-            status=500,
-            code="internal_error",
-            title="Internal error",
-            detail="Something went wrong on our side; the error was logged",
-        )
+        return internal_error_response(request.url.path)
 
     app.add_exception_handler(ChatplaneError, on_chatplane_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)

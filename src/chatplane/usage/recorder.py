@@ -6,7 +6,8 @@ import asyncio
 import contextlib
 
 import structlog
-from sqlalchemy import insert
+from sqlalchemy import Insert, insert
+from sqlalchemy.dialects import postgresql, sqlite
 
 from chatplane.db.base import new_id, utcnow
 from chatplane.db.engine import Database
@@ -20,6 +21,15 @@ MAX_BATCH = 500
 MAX_BACKLOG = 100_000
 
 
+def _insert_skipping_stored_ids(dialect: str) -> Insert:
+    """INSERT ... ON CONFLICT (id) DO NOTHING, so a batch sent twice is stored once."""
+    if dialect == "postgresql":
+        return postgresql.insert(UsageRecord).on_conflict_do_nothing(index_elements=["id"])
+    if dialect == "sqlite":
+        return sqlite.insert(UsageRecord).on_conflict_do_nothing(index_elements=["id"])
+    return insert(UsageRecord)
+
+
 class UsageRecorder:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -27,6 +37,7 @@ class UsageRecorder:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.dropped = 0
+        self._insert = _insert_skipping_stored_ids(db.engine.dialect.name)
 
     def start(self) -> None:
         if self._task is None:
@@ -43,6 +54,7 @@ class UsageRecorder:
         completion_tokens: int,
         cost_usd: float,
         source: str = "gateway",
+        cached: bool = False,
     ) -> None:
         if len(self._pending) >= MAX_BACKLOG:
             self.dropped += 1
@@ -60,6 +72,7 @@ class UsageRecorder:
                 "prompt_tokens": prompt_tokens,
                 "completion_tokens": completion_tokens,
                 "cost_usd": cost_usd,
+                "cached": cached,
             }
         )
         if len(self._pending) >= MAX_BATCH:
@@ -73,7 +86,10 @@ class UsageRecorder:
             self._wake.clear()
             # One batch per wake-up: under steady traffic records keep arriving while a
             # batch is written, and chasing them would write a few rows at a time.
-            await self._write_batch()
+            try:
+                await self._write_batch()
+            except Exception:  # a batch the database refuses must not stop every later one
+                log.exception("usage_flush_failed")
 
     async def flush(self) -> None:
         """Write everything pending (at shutdown, and for tests)."""
@@ -86,12 +102,17 @@ class UsageRecorder:
         batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
         try:
             async with self.db.session() as session:
-                await session.execute(insert(UsageRecord), batch)
+                await session.execute(self._insert, batch)
                 await session.commit()
         except ServiceUnavailable:
-            self._pending[:0] = batch  # kept for the next flush
+            # Kept for the next flush. The commit may have landed before the connection
+            # broke: the rows keep their ids, and the next try skips ids already stored.
+            self._pending[:0] = batch
             log.warning("usage_flush_deferred", pending=len(self._pending))
             return False
+        except Exception:
+            self.dropped += len(batch)
+            raise
         return True
 
     async def close(self) -> None:

@@ -1,5 +1,7 @@
 // The chatplane HTTP API as the web app uses it: session cookie + CSRF header, JSON problems.
 
+import { isOutage, reportOutage, whenRecovered } from "./outage.js";
+
 const CSRF_COOKIE = "chatplane_csrf";
 
 /** An error answer from the API, carrying the JSON problem fields. */
@@ -79,6 +81,15 @@ export async function request(method, path, { body, quiet401 = false, signal } =
   if (!response.ok) {
     const error = new ApiError(response.status, payload);
     if (response.status === 401 && !quiet401) unauthorizedListeners.forEach((fn) => fn(error));
+    if (isOutage(error.status, error.code)) {
+      reportOutage(error.code, response.headers.get("Retry-After"));
+      // A read is sent again once the service is back, so the page fills in instead of
+      // breaking; a write is refused as it is (the caller says so; nothing was stored).
+      if (method === "GET") {
+        await whenRecovered(signal);
+        return request(method, path, { body, quiet401, signal });
+      }
+    }
     throw error;
   }
   return payload;
