@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.cache import CACHE, run_cache
 from bench.report import (
     machine_info,
     notes,
@@ -23,6 +24,7 @@ from bench.report import (
     targets,
     write_json,
 )
+from bench.response_cache import RESPONSE_CACHE, run_response_cache
 from bench.scenarios import (
     ALL_SCENARIOS,
     GROUPS,
@@ -31,6 +33,10 @@ from bench.scenarios import (
     BenchOptions,
     bench_environment,
 )
+
+# Scenarios that start their own servers, registered beside those of `bench.scenarios`.
+SCENARIO_RUNNERS = {**RUNNERS, RESPONSE_CACHE: run_response_cache, CACHE: run_cache}
+SCENARIO_NAMES: tuple[str, ...] = (*ALL_SCENARIOS, RESPONSE_CACHE, CACHE)
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 KIB_PER_MB = 1024
@@ -47,8 +53,8 @@ async def run_bench(
     """Run one scenario, `all` or a group (`shapes`); returns each scenario's result
     document (also written to `results_dir/<scenario>-<timestamp>.json`)."""
     scenarios = SCENARIOS if scenario == "all" else GROUPS.get(scenario, (scenario,))
-    if any(name not in RUNNERS for name in scenarios):
-        choices = ", ".join(("all", *GROUPS, *ALL_SCENARIOS))
+    if any(name not in SCENARIO_RUNNERS for name in scenarios):
+        choices = ", ".join(("all", *GROUPS, *SCENARIO_NAMES))
         raise ValueError(f"unknown scenario {scenario!r}; one of {choices}")
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     machine = machine_info()
@@ -71,7 +77,7 @@ async def run_bench(
             for name in scenarios:
                 echo(f"running {name} ...")
                 started = time.time()
-                outcome = await RUNNERS[name](env, options)
+                outcome = await SCENARIO_RUNNERS[name](env, options)
                 document: dict[str, Any] = {
                     "scenario": name,
                     "timestamp": stamp,
@@ -108,7 +114,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--scenario",
-        choices=("all", *GROUPS, *ALL_SCENARIOS),
+        choices=("all", *GROUPS, *SCENARIO_NAMES),
         default="all",
         help="all = v1-mock, v1-passthrough, native; shapes = native and native-scaled",
     )

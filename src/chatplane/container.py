@@ -16,12 +16,14 @@ from chatplane.auth.service import AuthService
 from chatplane.auth.sessions import SessionService
 from chatplane.broker import create_broker
 from chatplane.broker.protocol import Broker
+from chatplane.cache import Cache, create_cache
 from chatplane.chat.runner import TurnRunner
 from chatplane.chat.service import ChatService
 from chatplane.chat.worker import TurnWorker
 from chatplane.crypto import SecretBox, encryption_key
 from chatplane.db.engine import Database, create_engine
 from chatplane.errors import ChatplaneError
+from chatplane.gateway.response_cache import ResponseCacheStore, create_response_cache
 from chatplane.knowledge.blobs import BlobStore, create_blob_store
 from chatplane.knowledge.embedders import Embedder, create_embedder
 from chatplane.knowledge.index import KnowledgeIndex
@@ -53,6 +55,7 @@ class Services:
     failures: WindowCounter
     limit_stores: LimitStores
     limits: LimitService
+    cache: Cache
     chat: ChatService
     runner: TurnRunner
     usage: UsageRecorder
@@ -64,6 +67,7 @@ class Services:
     knowledge: KnowledgeService
     ingester: DocumentIngester
     reindexer: Reindexer
+    response_cache: ResponseCacheStore
     worker: TurnWorker | None = None
     presence: Presence | None = None
 
@@ -74,12 +78,14 @@ class Services:
             await self.presence.stop()
         await self.endpoints.close()
         await self.usage.close()
+        await self.response_cache.close()
         await self.registry.close()
         if self.embedder is not None:
             await self.embedder.close()
         await self.blobs.close()
         await self.http.close()
         await self.limits.close()
+        await self.cache.close()
         await self.limit_stores.close()
         await self.broker.close()
         await self.db.close()
@@ -107,7 +113,9 @@ async def build_services(
     http = create_upstream_session(settings)
     registry = await build_registry(settings, http)
     limit_stores = create_limit_stores(settings)
-    limits = LimitService(settings, db, limit_stores)
+    cache = create_cache(settings)
+    await cache.start()
+    limits = LimitService(settings, db, limit_stores, cache=cache)
     blobs = create_blob_store(settings)
     embedder = create_embedder(settings, http)
     index = KnowledgeIndex(db, embedder)
@@ -115,7 +123,7 @@ async def build_services(
     audit = AuditLog(db)
     knowledge = KnowledgeService(db, broker, blobs, index, audit, settings)
     passwords = Passwords(settings)
-    auth = AuthService(db, settings, passwords, audit)
+    auth = AuthService(db, settings, passwords, audit, cache)
     failures = limit_stores.counter
     services = Services(
         settings=settings,
@@ -129,17 +137,21 @@ async def build_services(
         failures=failures,
         limit_stores=limit_stores,
         limits=limits,
+        cache=cache,
         chat=ChatService(db, broker, registry, limits, settings, knowledge),
         runner=runner,
         usage=UsageRecorder(db),
         oidc=OidcClient(settings, http),
-        endpoints=ModelEndpointService(db, registry, SecretBox(encryption_key(settings)), audit),
+        endpoints=ModelEndpointService(
+            db, registry, SecretBox(encryption_key(settings)), audit, cache
+        ),
         blobs=blobs,
         embedder=embedder,
         index=index,
         knowledge=knowledge,
         ingester=DocumentIngester(db, broker, blobs, index, settings),
         reindexer=Reindexer(db, broker, index, settings),
+        response_cache=create_response_cache(settings),
     )
     await services.endpoints.load()
     services.endpoints.start_refresh()

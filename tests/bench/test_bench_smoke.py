@@ -182,6 +182,31 @@ async def test_limits_runs_direct_and_end_to_end(tmp_path: Path) -> None:
             assert not await _redis_keys(prefix)
 
 
+async def test_cache_runs_direct_and_end_to_end(tmp_path: Path) -> None:
+    missing = await redis_reachable()
+    variants = {"off", "local"} if missing else {"off", "local", "redis"}
+
+    results = await run_bench(
+        "cache", TINY, results_dir=tmp_path, workdir=tmp_path / "work", echo=lambda _: None
+    )
+
+    document = results["cache"]
+    assert set(document) >= DOCUMENT_KEYS | {"cache", "targets"}
+    assert set(document["runs"]) == {"cache-off", "cache-on"}
+    for run in document["runs"].values():
+        assert run["errors"] == 0, run["error_kinds"]
+        assert run["requests_ok"] == TINY.requests
+    cache = document["cache"]
+    assert set(cache["direct"]) == variants
+    for variant in cache["direct"].values():
+        assert variant["lookups"] == TINY.requests
+        assert variant["cpu_ms_per_lookup"] >= 0
+    assert set(cache["saved_per_request"]) == {"cpu_ms", "total_ms_p50", "total_ms_p99"}
+    for server in document["server"]["servers"].values():
+        assert not _running(server["pid"])
+    assert _written(tmp_path, "cache")["scenario"] == "cache"
+
+
 async def test_observability_runs_direct_and_end_to_end(tmp_path: Path) -> None:
     lines: list[str] = []
 

@@ -89,7 +89,12 @@ async def test_a_key_rate_limit_answers_429_with_headers(live: LiveServer) -> No
     key_id, key = await new_key(live, org, "limited")
     async with client(live, org.owner.key) as admin:
         changed = await admin.patch(f"/api/admin/keys/{key_id}/limits", json={"rpm": 5})
-    assert changed.json() == {"rpm": 5, "tpm": None, "max_concurrent": None}
+    assert changed.json() == {
+        "rpm": 5,
+        "tpm": None,
+        "max_concurrent": None,
+        "response_cache": None,
+    }
 
     async with client(live, key) as api:
         answers = [await api.get("/v1/models") for _ in range(7)]

@@ -150,6 +150,7 @@ async def test_days_are_utc_days_and_to_is_included(live: LiveServer) -> None:
         "prompt_tokens": 4 * 10 + 100,
         "completion_tokens": 4 * 20 + 7,
         "cost_usd": pytest.approx(3.875),
+        "cached_requests": 0,
     }
     assert (days["from"], days["to"], days["group_by"]) == ("2024-03-01", "2024-03-02", ["day"])
     one_day = await report(

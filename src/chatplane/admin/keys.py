@@ -1,7 +1,6 @@
 """The rules of API keys: a user's own keys (`/api/keys`) and a tenant's keys (admins).
 
-A revoked key stops working at once in this process (its cached principal is dropped) and
-within the principal cache's few seconds in the others."""
+A revoked key stops working at once: its cached principal is dropped in every process."""
 
 from __future__ import annotations
 
@@ -87,7 +86,7 @@ class ApiKeyService:
         await self._revoked(actor, key, revoked)
 
     async def _revoked(self, actor: Principal, key: ApiKey, revoked: bool) -> None:
-        self.auth.forget_api_key(key.key_hash)
+        await self.auth.forget_api_key(key.key_hash)
         if revoked:  # revoking a revoked key changes nothing and is not audited again
             await self.audit.record(
                 "key.revoked",

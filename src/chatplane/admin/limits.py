@@ -32,6 +32,7 @@ class LimitsView:
     overrides: dict[str, int | None]
     defaults: dict[str, int]
     effective: dict[str, int]
+    response_cache: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,14 +88,24 @@ class LimitsAdminService:
         effective = {
             name: defaults[name] if value is None else value for name, value in overrides.items()
         }
-        return LimitsView(scope.tenant_id, overrides, defaults, effective)
+        cache = bool(row.response_cache) if row else False
+        return LimitsView(scope.tenant_id, overrides, defaults, effective, cache)
 
     async def set_overrides(
-        self, actor: Principal, values: dict[str, int | None], tenant_id: str | None = None
+        self,
+        actor: Principal,
+        values: dict[str, int | bool | None],
+        tenant_id: str | None = None,
     ) -> LimitsView:
-        self._operator(actor)
+        """What the whole tenant may use is the operator's to set; whether its calls use
+        the response cache (which only lowers what they cost) is also its admins'."""
+        if set(values) - {"response_cache"}:
+            self._operator(actor)
         scope = self._tenant(actor, tenant_id)
         for name, value in values.items():
+            if name == "response_cache":
+                values[name] = bool(value)
+                continue
             if name not in LIMIT_FIELDS:
                 raise ValidationFailed(f"Unknown limit '{name}'", field=name)
             _check_limit(name, value)
@@ -108,18 +119,19 @@ class LimitsAdminService:
                 await session.commit()
             except IntegrityError as exc:  # the tenant does not exist
                 raise NotFound("No such tenant", code="tenant_not_found") from exc
-        self.limits.forget(scope.tenant_id)
+        await self.limits.invalidate(scope.tenant_id)
         await self.audit.record(
             "limits.changed", tenant_id=scope.tenant_id, actor_id=actor.user_id, limits=values
         )
         return await self.view(actor, scope.tenant_id)
 
     async def set_key_limits(
-        self, actor: Principal, key_id: str, values: dict[str, int | None]
-    ) -> dict[str, int | None]:
+        self, actor: Principal, key_id: str, values: dict[str, int | bool | None]
+    ) -> dict[str, int | bool | None]:
         scope = self._tenant(actor, None)
         for name, value in values.items():
-            _check_limit(name, value)
+            if name != "response_cache":
+                _check_limit(name, value)
         async with self.db.session() as session:
             repo = LimitsRepository(session, scope)
             key = await repo.get_key(key_id)
@@ -127,9 +139,14 @@ class LimitsAdminService:
                 raise NotFound("No such API key", code="key_not_found")
             for name, value in values.items():
                 setattr(key, name, value)
-            result = {"rpm": key.rpm, "tpm": key.tpm, "max_concurrent": key.max_concurrent}
+            result = {
+                "rpm": key.rpm,
+                "tpm": key.tpm,
+                "max_concurrent": key.max_concurrent,
+                "response_cache": key.response_cache,
+            }
             await session.commit()
-        self.limits.forget(scope.tenant_id)
+        await self.limits.invalidate(scope.tenant_id)
         await self.audit.record(
             "key.limits_changed",
             tenant_id=scope.tenant_id,
@@ -242,7 +259,7 @@ class LimitsAdminService:
 
     async def _changed(self, action: str, actor: Principal, budget: Budget) -> None:
         """After a change: this process's policy cache forgets the tenant, and it is audited."""
-        self.limits.forget(budget.tenant_id)
+        await self.limits.invalidate(budget.tenant_id)
         await self.audit.record(
             action,
             tenant_id=budget.tenant_id,

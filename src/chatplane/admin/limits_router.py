@@ -41,6 +41,7 @@ def _limits_out(view: LimitsView) -> LimitsOut:
         overrides=view.overrides,
         defaults=view.defaults,
         effective=view.effective,
+        response_cache=view.response_cache,
     )
 
 

@@ -224,6 +224,11 @@ class LimitValues(Strict):
     key_rpm: LimitValue = None
     key_tpm: LimitValue = None
     key_max_concurrent: LimitValue = None
+    response_cache: bool | None = Field(
+        default=None,
+        description="Answer repeated deterministic gateway requests from the response cache "
+        "(null: off). The organisation's own admins may set this one.",
+    )
 
 
 class LimitsOut(BaseModel):
@@ -231,6 +236,7 @@ class LimitsOut(BaseModel):
     overrides: dict[str, int | None]
     defaults: dict[str, int]
     effective: dict[str, int]
+    response_cache: bool = False
 
 
 class KeyLimitsIn(Strict):
@@ -239,12 +245,17 @@ class KeyLimitsIn(Strict):
     rpm: LimitValue = None
     tpm: LimitValue = None
     max_concurrent: LimitValue = None
+    response_cache: bool | None = Field(
+        default=None, description="The gateway response cache for this key (null: as the "
+        "organisation chose)"
+    )  # fmt: skip
 
 
 class KeyLimitsOut(BaseModel):
     rpm: int | None
     tpm: int | None
     max_concurrent: int | None
+    response_cache: bool | None = None
 
 
 class BudgetIn(Strict):

@@ -116,7 +116,7 @@ class AdminService:
         self, actor: Principal, user_id: str, *, role: str | None, disabled: bool | None
     ) -> User:
         """Change a user's role or disable it. Disabling ends its sessions, and its API
-        keys stop working, at once in this process (within seconds in the others)."""
+        keys stop working, at once in every process."""
         change = await self._apply_user_change(actor, user_id, role=role, disabled=disabled)
         user = change.user
         audit = {"tenant_id": actor.tenant_id, "actor_id": actor.user_id, "subject": user.id}
@@ -173,9 +173,9 @@ class AdminService:
         async with self.db.session() as session:
             keys = await TenantRepository(session, actor).keys_of(user_id)
         for key in keys:
-            self.auth.forget_api_key(key.key_hash)
+            await self.auth.forget_api_key(key.key_hash)
         for web_session in await self.sessions.list_sessions(user_id):
-            self.auth.forget_session(web_session.id)
+            await self.auth.forget_session(web_session.id)
 
     # Sessions of a user.
 

@@ -104,7 +104,8 @@ class TenantService:
             tenant = await directory.tenant(tenant_id)
         assert tenant is not None  # checked above; tenants are not deleted here
         if disabled:
-            self.auth.forget_everyone()  # its logins and keys stop working at once
+            # Its logins and keys stop working at once, in every process.
+            await self.auth.forget_everyone()
         if values:
             await self.audit.record(
                 "tenant.updated",

@@ -47,6 +47,8 @@ class ApiKey(IdMixin, CreatedMixin, Base):
     rpm: Mapped[int | None] = mapped_column(Integer)
     tpm: Mapped[int | None] = mapped_column(Integer)
     max_concurrent: Mapped[int | None] = mapped_column(Integer)
+    # The gateway response cache for this key's calls (NULL: as the tenant chose).
+    response_cache: Mapped[bool | None] = mapped_column(Boolean)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

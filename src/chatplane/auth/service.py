@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
-from dataclasses import replace
+from dataclasses import asdict, replace
 from datetime import datetime, timedelta
+from typing import Any
 
 import jwt
 from sqlalchemy.exc import IntegrityError
@@ -19,7 +20,7 @@ from chatplane.auth.secrets import (
     new_api_key,
     token_hash,
 )
-from chatplane.cache import TTLCache
+from chatplane.cache import Cache, LocalCache, Namespace
 from chatplane.db.base import new_id, utcnow
 from chatplane.db.engine import Database
 from chatplane.errors import Conflict, NotFound, Unauthorized, ValidationFailed
@@ -31,11 +32,25 @@ SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 MIN_PASSWORD_LENGTH = 8
 MAX_PASSWORD_LENGTH = 1024
 JWT_ALGORITHM = "HS256"
-PRINCIPAL_CACHE_S = 5.0
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 
 API_KEY_SCOPES = frozenset({"chat", "admin"})
+
+
+def _dump_principal(principal: Principal) -> dict[str, Any]:
+    data = asdict(principal)
+    del data["via_cookie"]  # how this request came, not what the credential is
+    data["scopes"] = sorted(principal.scopes)
+    return data
+
+
+def _load_principal(data: dict[str, Any]) -> Principal:
+    return Principal(**{**data, "scopes": frozenset(data["scopes"])})
+
+
+# API keys (`k:<sha256 of the key>`) and web sessions (`s:<session id>`) -> Principal.
+PRINCIPALS = Namespace[Principal]("principals", _dump_principal, _load_principal)
 
 
 def validate_password(password: str) -> None:
@@ -58,23 +73,30 @@ def normalize_email(email: str) -> str:
 
 class AuthService:
     def __init__(
-        self, db: Database, settings: Settings, passwords: Passwords, audit: AuditLog
+        self,
+        db: Database,
+        settings: Settings,
+        passwords: Passwords,
+        audit: AuditLog,
+        cache: Cache | None = None,
     ) -> None:
         self.db = db
         self.settings = settings
         self.passwords = passwords
         self.audit = audit
-        # Revocations reach this process at once and other processes within the TTL.
-        self._principals: TTLCache[str, Principal] = TTLCache(ttl_s=PRINCIPAL_CACHE_S)
+        # Revocations reach every process at once (the cache invalidates across them).
+        self.cache: Cache = cache or LocalCache(
+            ttl_s=settings.cache_local_ttl_s, max_items=settings.cache_max_items
+        )
 
-    def forget_session(self, session_id: str) -> None:
-        self._principals.pop(f"s:{session_id}")
+    async def forget_session(self, session_id: str) -> None:
+        await self.cache.invalidate(PRINCIPALS, f"s:{session_id}")
 
-    def forget_api_key(self, key_hash: str) -> None:
-        self._principals.pop(f"k:{key_hash}")
+    async def forget_api_key(self, key_hash: str) -> None:
+        await self.cache.invalidate(PRINCIPALS, f"k:{key_hash}")
 
-    def forget_everyone(self) -> None:
-        self._principals.clear()
+    async def forget_everyone(self) -> None:
+        await self.cache.invalidate_all(PRINCIPALS)
 
     # Users and keys (CLI and admin).
 
@@ -174,9 +196,10 @@ class AuthService:
 
     async def authenticate_api_key(self, key: str) -> Principal:
         digest = token_hash(key)
-        cached = self._principals.get(f"k:{digest}")
-        if cached is not None:
-            return cached
+        return await self.cache.load(PRINCIPALS, f"k:{digest}", lambda: self._key_principal(digest))
+
+    async def _key_principal(self, digest: str) -> tuple[Principal, float | None]:
+        """The principal of a key from the database, kept no longer than the key lives."""
         now = utcnow()
         async with self.db.session() as session:
             repo = AuthRepository(session)
@@ -195,8 +218,7 @@ class AuthService:
             _principal(user, api_key_id=api_key.id),
             scopes=frozenset(api_key.scopes.split(",")),
         )
-        self._principals.put(f"k:{digest}", principal)
-        return principal
+        return principal, _seconds_until(api_key.expires_at, now)
 
     async def authenticate_session_token(
         self, token: str, *, via_cookie: bool = False
@@ -208,19 +230,27 @@ class AuthService:
         except jwt.PyJWTError as exc:
             raise Unauthorized("The token is not valid", code="invalid_token") from exc
         session_id = str(claims.get("sid", ""))
-        principal = self._principals.get(f"s:{session_id}")
-        if principal is None:
-            async with self.db.session() as session:
-                found = await AuthRepository(session).session_with_user(session_id)
-            if found is None or not _session_alive(found[0]) or found[1].disabled:
-                raise Unauthorized("The session has ended", code="session_ended")
-            principal = _principal(found[1], session_id=session_id)
-            self._principals.put(f"s:{session_id}", principal)
+        principal = await self.cache.load(
+            PRINCIPALS, f"s:{session_id}", lambda: self._session_principal(session_id)
+        )
         return replace(principal, via_cookie=True) if via_cookie else principal
+
+    async def _session_principal(self, session_id: str) -> tuple[Principal, float | None]:
+        async with self.db.session() as session:
+            found = await AuthRepository(session).session_with_user(session_id)
+        if found is None or not _session_alive(found[0]) or found[1].disabled:
+            raise Unauthorized("The session has ended", code="session_ended")
+        return _principal(found[1], session_id=session_id), _seconds_until(
+            found[0].expires_at, utcnow()
+        )
 
 
 def _session_alive(web_session: WebSession) -> bool:
     return web_session.revoked_at is None and web_session.expires_at > utcnow()
+
+
+def _seconds_until(when: datetime | None, now: datetime) -> float | None:
+    return None if when is None else max(0.0, (when - now).total_seconds())
 
 
 def _principal(user: User, **extra: str | None) -> Principal:

@@ -278,7 +278,7 @@ class SessionService:
             )
             await session.commit()
         for session_id in session_ids:
-            self.auth.forget_session(session_id)
+            await self.auth.forget_session(session_id)
 
     # Single sign-on provisioning.
 

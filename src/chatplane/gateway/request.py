@@ -36,6 +36,17 @@ class GatewayRequest:
     top_p: float | None
     stop: list[str] | None
     knowledge_base_ids: list[str] | None = None  # `chatplane.knowledge_base_ids`
+    cache: bool | None = None  # `chatplane.cache`: None leaves it to the tenant's choice
+
+    @property
+    def may_cache(self) -> bool:
+        """Whether the response cache may answer (or keep) this request, before the
+        tenant's choice is known: never when it says `cache: false`, always when it says
+        `cache: true`, else only when deterministic (temperature 0). Answers grounded in
+        knowledge bases depend on documents the key cannot see change: never cached."""
+        if self.cache is False or self.knowledge_base_ids is not None:
+            return False
+        return self.cache is True or self.temperature == 0.0
 
     def with_sources(self, system: str) -> GatewayRequest:
         """The request with a system message of retrieved passages first (in the body
@@ -112,6 +123,15 @@ def _knowledge_base_ids(extension: Any) -> list[str] | None:
     return list(dict.fromkeys(ids)) or None
 
 
+def _cache_flag(extension: Any) -> bool | None:
+    if not isinstance(extension, dict):
+        raise _bad(f"'{EXTENSION}' must be an object", EXTENSION)
+    flag = extension.get("cache")
+    if flag is not None and not isinstance(flag, bool):
+        raise _bad(f"'{EXTENSION}.cache' must be true or false", f"{EXTENSION}.cache")
+    return flag
+
+
 def parse_request(raw: bytes) -> GatewayRequest:
     try:
         body = orjson.loads(raw)
@@ -162,4 +182,5 @@ def parse_request(raw: bytes) -> GatewayRequest:
         top_p=_number(body, "top_p", 0.0, 1.0),
         stop=stop,
         knowledge_base_ids=None if extension is None else _knowledge_base_ids(extension),
+        cache=None if extension is None else _cache_flag(extension),
     )

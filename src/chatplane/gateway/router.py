@@ -24,6 +24,8 @@ from chatplane.auth.principal import Principal
 from chatplane.container import Services
 from chatplane.db.base import new_id
 from chatplane.errors import ChatplaneError, ProviderError, Unauthorized
+from chatplane.gateway import caching
+from chatplane.gateway.caching import CachedAnswer, StreamCapture
 from chatplane.gateway.request import GatewayRequest, parse_request
 from chatplane.gateway.stream import (
     CONTENT_KEY,
@@ -143,12 +145,21 @@ class ChatCompletions:
             request = parse_request(await _read_body(receive))
             drain.refuse_new_work()
             route = await services.registry.resolve(request.model)
+            cache_key = None
+            if request.may_cache:  # the common request skips the cache at one attribute
+                cache_key = await _cache_key(services, principal, request)
+            if cache_key is not None:
+                cached = await caching.look_up(services.response_cache, cache_key)
+                if cached is not None:
+                    await _answer_from_cache(services, principal, request, route, cached, scope)
+                    await _send_cached(send, request, cached)
+                    return
             admission = await _admit(services, principal, request, route)
         except ChatplaneError as exc:
             await _send_error(scope, receive, send, exc)
             return
         remember(scope.setdefault("state", {}), admission.decision)
-        call = _Call(services, principal, request, route, send, admission)
+        call = _Call(services, principal, request, route, send, admission, cache_key)
         if request.stream:
             metrics.gateway_stream_started()
         runner: Callable[[], Awaitable[None]]
@@ -174,6 +185,52 @@ class ChatCompletions:
             await admission.finish(call.cost)
 
 
+async def _cache_key(
+    services: Services, principal: Principal, request: GatewayRequest
+) -> str | None:
+    """The response cache's key of a request that may be cached, when the request asked
+    for the cache or its key or tenant opted in."""
+    if request.cache is None:
+        policy = await services.limits.policy(principal.tenant_id)
+        if not caching.opted_in(policy, principal):
+            return None
+    return caching.cache_key(principal.tenant_id, request)
+
+
+async def _answer_from_cache(
+    services: Services,
+    principal: Principal,
+    request: GatewayRequest,
+    route: ModelRoute,
+    cached: CachedAnswer,
+    scope: Scope,
+) -> None:
+    """A hit counts against the requests/minute limits (429 when over), takes no
+    concurrency slot and reserves no budget: it calls no model and costs nothing. Its usage
+    is recorded at zero cost, marked cached."""
+    remember(
+        scope.setdefault("state", {}),
+        await services.limits.check_requests(principal, "gateway"),
+    )
+    services.usage.record(
+        tenant_id=principal.tenant_id,
+        user_id=principal.user_id,
+        api_key_id=principal.api_key_id,
+        model=route.name,
+        prompt_tokens=cached.usage.prompt_tokens,
+        completion_tokens=cached.usage.completion_tokens,
+        cost_usd=0.0,
+        cached=True,
+    )
+
+
+async def _send_cached(send: Send, request: GatewayRequest, cached: CachedAnswer) -> None:
+    headers = SSE_HEADERS if request.stream else JSON_HEADERS
+    body = cached.replay(stream=request.stream, include_usage=request.include_usage)
+    await send({"type": "http.response.start", "status": 200, "headers": [*headers, caching.HIT]})
+    await send({"type": "http.response.body", "body": body})
+
+
 class _Call:
     def __init__(
         self,
@@ -183,6 +240,7 @@ class _Call:
         route: ModelRoute,
         send: Send,
         admission: Admission,
+        cache_key: str | None = None,
     ) -> None:
         self.services = services
         self.principal = principal
@@ -190,6 +248,8 @@ class _Call:
         self.route = route
         self._send = send
         self.admission = admission
+        # Set when the answer may be kept in the response cache (and the call collects it).
+        self.cache_key = cache_key
         self.started = False
         self.recorded = False
         self.cost = 0.0
@@ -207,6 +267,8 @@ class _Call:
         await self._send(message)
 
     async def _start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        if self.cache_key is not None:
+            headers = [*headers, caching.MISS]
         await self.send({"type": "http.response.start", "status": status, "headers": headers})
 
     async def _body(self, body: bytes, *, more: bool) -> None:
@@ -232,6 +294,12 @@ class _Call:
             completion_tokens=usage.completion_tokens,
             cost_usd=self.cost,
         )
+
+    async def _keep(self, answer: CachedAnswer | None) -> None:
+        """Keep a complete answer in the response cache (before the response ends: a
+        client that leaves after the last byte must not cancel the write)."""
+        if self.cache_key is not None:
+            await caching.keep(self.services.response_cache, self.cache_key, answer)
 
     def record_partial(self) -> None:
         """Usage of a stream that ended early (the client left, the upstream failed): the
@@ -287,12 +355,17 @@ class _Call:
                 body = await response.read()
                 if self.given is not None and response.status == 200:
                     body = self._cited_body(body)
+                if self.cache_key is not None and response.status == 200:
+                    await self._keep(caching.answer_from_completion(body))
                 await self._body(body, more=False)
                 if response.status == 200:
                     self._record(usage_from_json(body))
                 return
             if self.given is not None:
                 await self._cited_stream(response.content.iter_any())
+                return
+            if self.cache_key is not None:
+                await self._captured_stream(response.content.iter_any())
                 return
             tail = b""
             async for chunk in response.content.iter_any():
@@ -303,6 +376,19 @@ class _Call:
             self._record(usage_from_tail(tail))
         finally:
             response.release()
+
+    async def _captured_stream(self, chunks: AsyncIterator[bytes]) -> None:
+        """The byte-for-byte stream, read beside for the response cache."""
+        capture = StreamCapture(self.route.upstream_model)
+        tail = b""
+        async for chunk in chunks:
+            await self._body(chunk, more=True)
+            capture.feed(chunk)
+            self.sent_deltas += chunk.count(CONTENT_KEY)
+            tail = (tail + chunk)[-TAIL_BYTES:]
+        await self._keep(capture.answer())
+        await self._body(b"", more=False)
+        self._record(usage_from_tail(tail))
 
     def _cited_body(self, body: bytes) -> bytes:
         """An upstream's completion with our citations added (as it was when unreadable)."""
@@ -371,7 +457,8 @@ class _Call:
             return
         text_len = 0
         finish = Finish()
-        parts: list[str] | None = None if self.given is None else []
+        keeps = self.given is not None or self.cache_key is not None
+        parts: list[str] | None = [] if keeps else None
         try:
             async for item in items:
                 if isinstance(item, TextDelta):
@@ -399,8 +486,10 @@ class _Call:
         tail = writer.finish(finish.reason)
         if self.request.include_usage:
             tail += writer.usage(usage)
-        if parts is not None:
+        if parts is not None and self.given is not None:
             tail += writer.extension(self._citations("".join(parts)))
+        if parts is not None and self.cache_key is not None:
+            await self._keep(CachedAnswer("".join(parts), finish.reason, writer.model, usage))
         await self._body(tail + DONE, more=False)
         self._record(usage)
 
@@ -414,6 +503,7 @@ class _Call:
                 finish = item
         text = "".join(parts)
         usage = finish.usage or self._estimate(len(text), text)
+        await self._keep(CachedAnswer(text, finish.reason, writer.model, usage))
         await self._start(200, JSON_HEADERS)
         extension = None if self.given is None else self._citations(text)
         await self._body(writer.completion(text, finish.reason, usage, extension), more=False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Integer, Numeric, String, UniqueConstraint
+from sqlalchemy import Boolean, ForeignKey, Integer, Numeric, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from chatplane.db.base import Base, CreatedMixin, IdMixin, UTCDateTime, utcnow
@@ -32,6 +32,8 @@ class TenantLimits(Base):
     key_rpm: Mapped[int | None] = mapped_column(Integer)
     key_tpm: Mapped[int | None] = mapped_column(Integer)
     key_max_concurrent: Mapped[int | None] = mapped_column(Integer)
+    # The gateway response cache for the tenant's calls (a key may choose otherwise).
+    response_cache: Mapped[bool] = mapped_column(Boolean, default=False)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 

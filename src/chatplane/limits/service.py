@@ -1,8 +1,9 @@
 """Which limits apply to a request, and admitting it: rate limits, concurrency slots, budgets.
 
 The numbers come from the settings (defaults), the tenant's overrides and the API key's own
-limits; budgets from the `budgets` table. They are read per tenant into a snapshot cached for
-a few seconds, so a request costs no database query. The counting happens in the limit stores
+limits; budgets from the `budgets` table. They are read per tenant into a snapshot kept in
+the cache (`chatplane.cache`, dropped in every process on a change), so a request costs no
+database query. The counting happens in the limit stores
 (`chatplane.limits.protocol`): in-process, or Redis (exact across replicas)."""
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import structlog
@@ -19,7 +21,7 @@ from sqlalchemy import func, select
 
 from chatplane.auth.models import ApiKey
 from chatplane.auth.principal import Principal
-from chatplane.cache import TTLCache
+from chatplane.cache import Cache, LocalCache, Namespace
 from chatplane.db.engine import Database
 from chatplane.errors import (
     BudgetExceeded,
@@ -45,7 +47,6 @@ from chatplane.usage.models import UsageRecord
 
 log = structlog.get_logger("chatplane.limits")
 
-POLICY_TTL_S = 5.0
 MINUTE_S = 60.0
 ZONES = LIMIT_ZONES
 LIMIT_FIELDS = (
@@ -107,6 +108,34 @@ class TenantPolicy:
     overrides: dict[str, int | None]
     keys: dict[str, tuple[int | None, int | None, int | None]]  # key id -> rpm, tpm, conc.
     budgets: dict[tuple[str, str], tuple[BudgetLimit, ...]]  # (scope, subject id) -> limits
+    # The gateway response cache chosen by the tenant (its id) and by keys (their ids).
+    response_cache: dict[str, bool] = field(default_factory=dict)
+
+    # The codec of the shared cache tier. A field of JSON types (str, numbers, bool, None,
+    # lists, dicts with str keys) passes as it is and needs no line here; a field an entry
+    # written before it lacks takes its default.
+    def to_json(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["budgets"] = [
+            [scope, subject, [[limit.period, limit.limit_usd] for limit in limits]]
+            for (scope, subject), limits in self.budgets.items()
+        ]
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TenantPolicy:
+        known = {f.name for f in fields(cls)}
+        values = {name: value for name, value in data.items() if name in known}
+        values["keys"] = {key_id: tuple(limits) for key_id, limits in data["keys"].items()}
+        values["budgets"] = {
+            (scope, subject): tuple(BudgetLimit(period, float(usd)) for period, usd in limits)
+            for scope, subject, limits in data["budgets"]
+        }
+        return cls(**values)
+
+
+# Tenant id -> its policy, in every process (invalidated by the admin changes of limits).
+POLICIES = Namespace[TenantPolicy]("policies", TenantPolicy.to_json, TenantPolicy.from_json)
 
 
 @dataclass(slots=True)
@@ -217,6 +246,7 @@ class LimitService:
         stores: LimitStores,
         *,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        cache: Cache | None = None,
     ) -> None:
         """`stores.admissions` does the three stores' work of `admit` and `finish` in one
         step each; the single stores serve the per-address checks and the budget seeding."""
@@ -225,7 +255,10 @@ class LimitService:
         self.rates = stores.rates
         self.budgets = stores.budgets
         self.admissions = stores.admissions
-        self._policies: TTLCache[str, TenantPolicy] = TTLCache(ttl_s=POLICY_TTL_S)
+        self.cache: Cache = cache or LocalCache(
+            ttl_s=settings.cache_local_ttl_s, max_items=settings.cache_max_items
+        )
+        self.cache.on_invalidate(POLICIES, self._invalidated)
         self._loading: dict[str, asyncio.Future[TenantPolicy]] = {}
         self._now = now
         self._fail_open = frozenset(settings.limits_fail_open_zones)
@@ -233,29 +266,36 @@ class LimitService:
     # Policies ------------------------------------------------------------------------------
 
     async def policy(self, tenant_id: str) -> TenantPolicy:
-        cached = self._policies.get(tenant_id)
-        if cached is not None:
-            return cached
+        return await self.cache.load(POLICIES, tenant_id, partial(self._load_once, tenant_id))
+
+    async def _load_once(self, tenant_id: str) -> tuple[TenantPolicy, float | None]:
         loading = self._loading.get(tenant_id)
         if loading is not None:  # one query per tenant at a time, however many requests
-            return await asyncio.shield(loading)
+            return await asyncio.shield(loading), None
         future: asyncio.Future[TenantPolicy] = asyncio.get_running_loop().create_future()
         self._loading[tenant_id] = future
         try:
             policy = await self._load(tenant_id)
-            self._policies.put(tenant_id, policy)
             future.set_result(policy)
-            return policy
+            return policy, None
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: waiters re-raise it, nobody logs it as lost
             raise
         finally:
-            del self._loading[tenant_id]
+            if self._loading.get(tenant_id) is future:
+                del self._loading[tenant_id]
 
-    def forget(self, tenant_id: str) -> None:
-        """Drop the cached snapshot after a change made in this process."""
-        self._policies.pop(tenant_id)
+    def _invalidated(self, tenant_id: str | None) -> None:
+        """A query in flight may predate the change: later requests do not wait for it."""
+        if tenant_id is None:
+            self._loading.clear()
+        else:
+            self._loading.pop(tenant_id, None)
+
+    async def invalidate(self, tenant_id: str) -> None:
+        """Drop the tenant's policy here and in every other process, after a change."""
+        await self.cache.invalidate(POLICIES, tenant_id)
 
     async def _load(self, tenant_id: str) -> TenantPolicy:
         async with self.db.session() as session:
@@ -273,6 +313,14 @@ class LimitService:
             budgets = (
                 await session.scalars(select(Budget).where(Budget.tenant_id == tenant_id))
             ).all()
+            cache_keys = await session.execute(
+                select(ApiKey.id, ApiKey.response_cache).where(
+                    ApiKey.tenant_id == tenant_id, ApiKey.response_cache.is_not(None)
+                )
+            )
+            response_cache = {key_id: bool(on) for key_id, on in cache_keys}
+        if row is not None:
+            response_cache[tenant_id] = row.response_cache
         overrides = {name: getattr(row, name) if row else None for name in LIMIT_FIELDS}
         grouped: dict[tuple[str, str], list[BudgetLimit]] = {}
         for budget in budgets:
@@ -283,6 +331,7 @@ class LimitService:
             overrides=overrides,
             keys={key_id: (rpm, tpm, conc) for key_id, rpm, tpm, conc in keys},
             budgets={subject: tuple(limits) for subject, limits in grouped.items()},
+            response_cache=response_cache,
         )
 
     def defaults(self) -> dict[str, int]:
@@ -594,7 +643,7 @@ class LimitService:
             log.warning("budget_settle_failed", reservation_id=reservation_id)
 
     async def close(self) -> None:
-        self._policies.clear()
+        """Nothing to release: the stores and the cache are closed by their owner."""
 
 
 def _counts_tokens(principal: Principal, limits: EffectiveLimits) -> bool:

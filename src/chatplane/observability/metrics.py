@@ -512,8 +512,8 @@ def citations_dropped(count: int) -> None:
 
 def cache_lookup_counters(cache: str, tier: str) -> tuple[Any, Any]:
     """The (hit, miss) counters of a cache's tier, bound once by the cache."""
-    lookups = CACHE_LOOKUPS.labels(cache, tier if tier in CACHE_TIERS else OTHER, "hit")
-    return lookups, CACHE_LOOKUPS.labels(cache, tier if tier in CACHE_TIERS else OTHER, "miss")
+    tier = tier if tier in CACHE_TIERS else OTHER
+    return CACHE_LOOKUPS.labels(cache, tier, "hit"), CACHE_LOOKUPS.labels(cache, tier, "miss")
 
 
 def cache_invalidation(cache: str, direction: str) -> None:

@@ -1,7 +1,8 @@
 """Models an operator adds at run time: stored in the database with the upstream key
-encrypted, loaded into the registry at start, after each change, and periodically (so every
-process picks up a change made on another). Operators' model prices (`ModelPrice`, set in
-`chatplane.usage.prices`) ride the same load."""
+encrypted, loaded into the registry at start and after each change, in every process (a
+change tells the others through the cache's invalidation channel), and periodically as a
+safety net. Operators' model prices (`ModelPrice`, set in `chatplane.usage.prices`) ride the
+same load."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 
 from chatplane.auth.audit import AuditLog
 from chatplane.auth.principal import Principal
+from chatplane.cache import Cache, LocalCache, Namespace, not_shared
 from chatplane.crypto import SecretBox
 from chatplane.db.base import new_id, utcnow
 from chatplane.db.engine import Database
@@ -28,6 +30,9 @@ log = structlog.get_logger("chatplane.models")
 
 KINDS = ("openai", "anthropic")
 REFRESH_S = 30.0
+# Carries only "reload the model endpoints" to every process; nothing is stored under it.
+MODELS = Namespace[None]("models", not_shared, lambda data: None)
+ENDPOINTS_KEY = "endpoints"
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,13 +47,22 @@ class EndpointChange:
 
 class ModelEndpointService:
     def __init__(
-        self, db: Database, registry: ModelRegistry, box: SecretBox, audit: AuditLog
+        self,
+        db: Database,
+        registry: ModelRegistry,
+        box: SecretBox,
+        audit: AuditLog,
+        cache: Cache | None = None,
     ) -> None:
         self.db = db
         self.registry = registry
         self.box = box
         self.audit = audit
+        self.cache: Cache = cache or LocalCache(ttl_s=REFRESH_S, max_items=0)
+        self.cache.on_invalidate(MODELS, self._reload_soon)
         self._task: asyncio.Task[None] | None = None
+        self._reload: asyncio.Task[None] | None = None
+        self._reload_again = False
 
     async def load(self) -> None:
         async with self.db.session() as session:
@@ -58,6 +72,31 @@ class ModelEndpointService:
         self.registry.set_price_overrides(
             {p.model: (p.input_usd_per_mtok, p.output_usd_per_mtok) for p in prices}
         )
+
+    async def reload_everywhere(self) -> None:
+        """After a change: load it here now, and tell every other process to load it."""
+        await self.load()
+        await self.cache.invalidate(MODELS, ENDPOINTS_KEY)
+
+    def _reload_soon(self, key: str | None) -> None:
+        """Another process changed a model (or the channel reconnected): load once more,
+        however many messages arrive while a load runs."""
+        if self._task is None:
+            return  # not serving: `load` at start-up reads everything anyway
+        if self._reload is not None and not self._reload.done():
+            self._reload_again = True
+            return
+        self._reload = asyncio.create_task(self._reload_now(), name="model-endpoints-reload")
+
+    async def _reload_now(self) -> None:
+        while True:
+            self._reload_again = False
+            try:
+                await self.load()
+            except ServiceUnavailable as exc:
+                log.warning("model_endpoints_reload_failed", error=exc.detail)
+            if not self._reload_again:
+                return
 
     def start_refresh(self) -> None:
         if self._task is None:
@@ -72,10 +111,12 @@ class ModelEndpointService:
                 log.warning("model_endpoints_refresh_failed", error=exc.detail)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._reload):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._reload = None
 
     def _config(self, row: ModelEndpoint) -> ModelConfig:
         key = None
@@ -165,7 +206,7 @@ class ModelEndpointService:
     async def _changed(
         self, actor: Principal, action: str, row: ModelEndpoint, *, key_changed: bool = False
     ) -> None:
-        await self.load()
+        await self.reload_everywhere()
         await self.audit.record(
             action,
             tenant_id=actor.tenant_id,

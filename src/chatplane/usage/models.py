@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Index, Integer, Numeric, String
+from sqlalchemy import Boolean, Index, Integer, Numeric, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from chatplane.db.base import Base, CreatedMixin, IdMixin, UTCDateTime, utcnow
@@ -29,6 +29,8 @@ class UsageRecord(IdMixin, CreatedMixin, Base):
     prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
     completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
     cost_usd: Mapped[float] = mapped_column(Numeric(14, 8, asdecimal=False), default=0.0)
+    # Answered from the gateway's response cache: no upstream call, no cost.
+    cached: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class ModelPrice(Base):

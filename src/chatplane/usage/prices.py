@@ -69,7 +69,7 @@ class PriceService:
                 assert row is not None
                 _set(row, input_usd, output_usd, now)
                 await session.commit()
-        await self.runtime.load()
+        await self.runtime.reload_everywhere()
         await self.audit.record(
             "price.set",
             tenant_id=actor.tenant_id,
@@ -93,7 +93,7 @@ class PriceService:
             await session.commit()
         if not removed:
             raise NotFound(f"No admin price for {model!r}", code="price_not_found")
-        await self.runtime.load()
+        await self.runtime.reload_everywhere()
         await self.audit.record(
             "price.removed", tenant_id=actor.tenant_id, actor_id=actor.user_id, subject=model
         )

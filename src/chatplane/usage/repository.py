@@ -57,6 +57,7 @@ class UsageRow:
     prompt_tokens: int
     completion_tokens: int
     cost_usd: float
+    cached_requests: int = 0
     day: str | None = None
     model: str | None = None
     user_id: str | None = None
@@ -188,6 +189,7 @@ def _sums() -> list[ColumnElement[Any]]:
             "completion_tokens"
         ),
         func.coalesce(func.sum(UsageRecord.cost_usd), literal(0.0)).label("cost_usd"),
+        func.count().filter(UsageRecord.cached.is_(True)).label("cached_requests"),
     ]
 
 
@@ -197,6 +199,7 @@ def _usage_row(values: Any) -> UsageRow:
         prompt_tokens=int(values["prompt_tokens"]),
         completion_tokens=int(values["completion_tokens"]),
         cost_usd=float(values["cost_usd"]),
+        cached_requests=int(values["cached_requests"] or 0),
         day=values.get("day"),
         model=values.get("model"),
         user_id=values.get("user_id"),

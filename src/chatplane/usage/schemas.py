@@ -31,6 +31,9 @@ class UsageRowOut(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     cost_usd: float
+    cached_requests: int = Field(
+        default=0, description="Of `requests`, those answered from the gateway response cache"
+    )
 
 
 class UsageTotals(BaseModel):
@@ -38,6 +41,9 @@ class UsageTotals(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     cost_usd: float
+    cached_requests: int = Field(
+        default=0, description="Of `requests`, those answered from the gateway response cache"
+    )
 
 
 class UsageReport(BaseModel):
@@ -73,6 +79,7 @@ def row_out(row: UsageRow, group_by: tuple[str, ...]) -> UsageRowOut:
         prompt_tokens=row.prompt_tokens,
         completion_tokens=row.completion_tokens,
         cost_usd=round(row.cost_usd, 8),
+        cached_requests=row.cached_requests,
     )
 
 
@@ -82,6 +89,7 @@ def totals_out(row: UsageRow) -> UsageTotals:
         prompt_tokens=row.prompt_tokens,
         completion_tokens=row.completion_tokens,
         cost_usd=round(row.cost_usd, 8),
+        cached_requests=row.cached_requests,
     )
 
 

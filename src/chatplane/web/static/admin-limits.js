@@ -101,6 +101,7 @@ class LimitsView {
       ),
       this.limitsBody,
       this.limitsNote,
+      this.responseCacheRow(),
     );
     limitsCard.id = "limits-card";
 
@@ -162,11 +163,14 @@ class LimitsView {
   async loadLimits(seq = this.seq) {
     this.limitsBody.replaceChildren(loading());
     if (this.editLimits) this.editLimits.disabled = true;
+    this.cacheToggle.disabled = true;
     try {
       const limits = await limitsApi.limits(this.tenantParam);
       if (seq !== this.seq) return null;
       this.limits = limits;
       this.limitsBody.replaceChildren(limitsTable(limits));
+      this.cacheToggle.checked = Boolean(limits.response_cache);
+      this.cacheToggle.disabled = false;
       if (this.editLimits) this.editLimits.disabled = false;
       this.limitsNote.replaceChildren(
         aicon(this.ctx.isSuperadmin ? "alert" : "lock"),
@@ -184,6 +188,36 @@ class LimitsView {
       toastError(error);
       this.limitsBody.replaceChildren(emptyState("alert", "Could not load the limits", error?.userMessage));
       return null;
+    }
+  }
+
+  /** The organisation's opt-in to the gateway response cache (its admins may set it). */
+  responseCacheRow() {
+    this.cacheToggle = el("input", { type: "checkbox", id: "response-cache-toggle", disabled: true });
+    this.cacheToggle.addEventListener("change", () => this.setResponseCache(this.cacheToggle.checked));
+    return el(
+      "label",
+      { class: "lim-note", id: "response-cache" },
+      this.cacheToggle,
+      el(
+        "span",
+        {},
+        "Response cache: answer repeated gateway requests with temperature 0 from the cache, at no upstream cost (X-Chatplane-Cache: hit). A key can choose otherwise through the API.",
+      ),
+    );
+  }
+
+  async setResponseCache(on) {
+    this.cacheToggle.disabled = true;
+    try {
+      const limits = await limitsApi.setLimits({ response_cache: on }, this.tenantParam);
+      if (this.limits) this.limits.response_cache = limits.response_cache;
+      toast(on ? "The response cache is on." : "The response cache is off.", { kind: "info" });
+    } catch (error) {
+      this.cacheToggle.checked = !on;
+      toastError(error);
+    } finally {
+      this.cacheToggle.disabled = false;
     }
   }
 
