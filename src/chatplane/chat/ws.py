@@ -27,8 +27,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDiscon
 from chatplane.auth.principal import Principal
 from chatplane.broker.protocol import Event
 from chatplane.chat.models import TERMINAL_STATES
-from chatplane.chat.schemas import MessageIn, turn_error
-from chatplane.chat.sse import MAX_EVENT_ID, TERMINAL_EVENTS
+from chatplane.chat.schemas import MessageIn
+from chatplane.chat.sse import MAX_EVENT_ID, TERMINAL_EVENTS, turn_outcome
 from chatplane.chat.ws_handshake import Credential, handshake_credential
 from chatplane.container import Services
 from chatplane.errors import BadRequest, ChatplaneError
@@ -364,7 +364,7 @@ class Channel:
                 if not events:
                     if not checked_outcome:
                         checked_outcome = True
-                        final = await self._stored_outcome(principal, turn_id)
+                        final = await turn_outcome(self.services, principal, turn_id)
                         if final is not None:
                             await self._send_event(turn_id, final)
                             return
@@ -381,15 +381,6 @@ class Channel:
         except Exception:
             log.exception("ws_reader_failed", turn_id=turn_id)
             await self._error(UNEXPECTED, turn_id=turn_id)
-
-    async def _stored_outcome(self, principal: Principal, turn_id: str) -> Event | None:
-        latest = await self.services.chat.get_turn(principal, turn_id)
-        if latest.status not in TERMINAL_STATES:
-            return None
-        data: dict[str, object] = {"message_id": latest.assistant_message_id}
-        if latest.status == "failed":
-            data = {"error": turn_error(latest.error_code, latest.error_message)}
-        return Event(id="", type=f"turn.{latest.status}", data=data)
 
     async def _stop_readers(self) -> None:
         readers = list(self.readers.values())
