@@ -111,9 +111,13 @@ async def test_sigterm_drains_an_api_process(cluster: Cluster, user_key: str) ->
 
 async def test_a_rolling_restart_under_load_loses_nothing(cluster: Cluster, user_key: str) -> None:
     apis: list[Proc] = [cluster.api("api-a"), cluster.api("api-b")]
+    # The new version's processes come up first (a surge, as a rolling deployment does), so
+    # however long a process takes to start on a busy machine, the turns are still being
+    # written when the old ones are stopped.
+    successors: list[Proc] = [cluster.api(f"{api.name}-new") for api in apis]
     cluster.worker("worker-1")
     cluster.worker("worker-2")
-    await asyncio.gather(*[api.wait_ready() for api in apis])
+    await asyncio.gather(*[api.wait_ready() for api in apis + successors])
     bases = [api.base_url for api in apis]
 
     turns: list[tuple[str, str, str]] = []
@@ -124,12 +128,10 @@ async def test_a_rolling_restart_under_load_loses_nothing(cluster: Cluster, user
         asyncio.create_task(follow(bases, user_key, events_url)) for _, _, events_url in turns
     ]
 
-    # Restart each API process in turn, as a deployment does: the new one comes up on a new
-    # port (the balancer's list changes), then the old one gets SIGTERM.
-    for index, old in enumerate(list(apis)):
+    # Replace each API process in turn, as a deployment does: the new one joins the
+    # balancer's list (on its own port), then the old one gets SIGTERM.
+    for index, (old, new) in enumerate(zip(list(apis), successors, strict=True)):
         await asyncio.sleep(0.3)
-        new = cluster.api(f"{old.name}-new")
-        await new.wait_ready()
         bases.append(new.base_url)
         assert old.process is not None
         old.process.terminate()
