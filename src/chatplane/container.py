@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 from dataclasses import dataclass
 
-import aiohttp
 import structlog
 from fastapi import Request
 
@@ -34,7 +33,7 @@ from chatplane.limits import LimitStores, WindowCounter, create_limit_stores
 from chatplane.limits.service import LimitService
 from chatplane.ops.presence import Presence, ProcessKind, create_presence
 from chatplane.providers.endpoints import ModelEndpointService
-from chatplane.providers.http import create_upstream_session
+from chatplane.providers.http import UpstreamHttp
 from chatplane.providers.registry import ModelRegistry, build_registry
 from chatplane.settings import Settings
 from chatplane.usage.recorder import UsageRecorder
@@ -47,7 +46,7 @@ class Services:
     settings: Settings
     db: Database
     broker: Broker
-    http: aiohttp.ClientSession
+    http: UpstreamHttp
     registry: ModelRegistry
     auth: AuthService
     sessions: SessionService
@@ -110,7 +109,7 @@ async def build_services(
     db = Database(create_engine(settings))
     broker = create_broker(settings, key_prefix=settings.redis_prefix)
     await broker.start()
-    http = create_upstream_session(settings)
+    http = UpstreamHttp(settings)  # the aiohttp session comes with the first upstream
     registry = await build_registry(settings, http)
     limit_stores = create_limit_stores(settings)
     cache = create_cache(settings)

@@ -7,10 +7,15 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from chatplane.providers import create_upstream_session
+from chatplane.providers import (
+    OpenAIProvider,
+    UpstreamHttp,
+    build_registry,
+    create_upstream_session,
+)
 
 from .conftest import make_settings
-from .fakes import FakeUpstream
+from .fakes import FakeOpenAI, FakeUpstream
 
 BODY = b'{"answer": "plain bytes, please"}'
 
@@ -55,3 +60,42 @@ async def test_the_session_takes_its_timeouts_from_settings() -> None:
 def test_the_session_must_be_built_inside_the_event_loop() -> None:
     with pytest.raises(RuntimeError):
         create_upstream_session(make_settings())
+
+
+async def test_the_shared_session_is_made_on_first_use_and_closed_once() -> None:
+    http = UpstreamHttp(make_settings(upstream_read_timeout_s=42.0))
+    assert not http.started
+    session = http.session
+    assert http.started
+    assert http.session is session  # one session per process
+    assert session.timeout.sock_read == 42.0
+    await http.close()
+    assert session.closed
+    await http.close()  # closing twice is harmless
+
+
+async def test_a_holder_closed_unused_never_makes_a_session() -> None:
+    http = UpstreamHttp(make_settings())
+    await http.close()
+    assert not http.started
+    with pytest.raises(RuntimeError):
+        http.session  # noqa: B018 - a session made after shutdown would never be closed
+
+
+async def test_the_mock_models_need_no_session_an_upstream_does(fake_openai: FakeOpenAI) -> None:
+    mocks_only = UpstreamHttp(make_settings())
+    registry = await build_registry(make_settings(), mocks_only, environ={})
+    assert registry.get("mock-echo") is not None
+    assert not mocks_only.started
+    await registry.close()
+
+    settings = make_settings(openai_base_url=fake_openai.base_url, openai_api_key="sk-test")
+    with_upstream = UpstreamHttp(settings)
+    registry = await build_registry(settings, with_upstream, environ={})
+    try:
+        assert with_upstream.started
+        route = await registry.resolve(fake_openai.models[0])
+        assert isinstance(route.provider, OpenAIProvider)
+    finally:
+        await registry.close()
+        await with_upstream.close()

@@ -18,15 +18,18 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from urllib.parse import quote_plus, urlencode, urlsplit
 
-import aiohttp
 import jwt
 import orjson
 
 from chatplane.errors import BadRequest, ChatplaneError, Forbidden, NotFound, Unauthorized
+from chatplane.providers.http import UpstreamHttp, session_of
 from chatplane.settings import Settings
+
+if TYPE_CHECKING:
+    import aiohttp
 
 HTTP_TIMEOUT_S = 10.0
 METADATA_TTL_S = 3600.0
@@ -237,7 +240,7 @@ class OidcClient:
     def __init__(
         self,
         settings: Settings,
-        http: aiohttp.ClientSession,
+        http: UpstreamHttp | aiohttp.ClientSession,
         *,
         metadata_ttl_s: float = METADATA_TTL_S,
     ) -> None:
@@ -436,8 +439,10 @@ class OidcClient:
         return body
 
     async def _request(self, method: str, url: str, what: str, **kwargs: Any) -> tuple[int, Any]:
+        import aiohttp  # with the first sign-in: a server without SSO never loads it
+
         try:
-            async with self.http.request(
+            async with session_of(self.http).request(
                 method,
                 url,
                 timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S),

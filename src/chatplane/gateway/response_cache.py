@@ -10,21 +10,21 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
-from redis import exceptions as redis_errors
-from redis.asyncio import BlockingConnectionPool, Redis
 
 from chatplane.observability import metrics
 from chatplane.settings import Settings
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 log = structlog.get_logger("chatplane.gateway.cache")
 
 # A cache that answers slower than this is worse than no cache: give up, call upstream.
 REDIS_TIMEOUT_S = 0.25
 REDIS_MAX_CONNECTIONS = 16
-_REDIS_FAILURES = (redis_errors.RedisError, OSError, TimeoutError)
 
 
 class ResponseCacheStore(Protocol):
@@ -106,6 +106,10 @@ class RedisResponseCache:
         max_entry_bytes: int,
         timeout_s: float = REDIS_TIMEOUT_S,
     ) -> None:
+        # redis-py is loaded only by the Redis stores: the embedded shape never pays for it.
+        from redis import exceptions as redis_errors
+
+        self._failures = (redis_errors.RedisError, OSError, TimeoutError)
         self._client = client
         self._prefix = f"{key_prefix}:respcache:"
         self.ttl_ms = max(1, int(ttl_s * 1000))
@@ -116,6 +120,8 @@ class RedisResponseCache:
     def from_url(
         cls, url: str, *, key_prefix: str, ttl_s: float, max_entry_bytes: int
     ) -> RedisResponseCache:
+        from redis.asyncio import BlockingConnectionPool, Redis
+
         pool = BlockingConnectionPool.from_url(
             url,
             max_connections=REDIS_MAX_CONNECTIONS,
@@ -134,7 +140,7 @@ class RedisResponseCache:
         try:
             async with asyncio.timeout(self._timeout_s):
                 value = await self._client.get(self._prefix + key)
-        except _REDIS_FAILURES as exc:
+        except self._failures as exc:
             _failed("get", exc)
             return None
         return value if isinstance(value, bytes) else None
@@ -145,7 +151,7 @@ class RedisResponseCache:
         try:
             async with asyncio.timeout(self._timeout_s):
                 await self._client.set(self._prefix + key, value, px=self.ttl_ms)
-        except _REDIS_FAILURES as exc:
+        except self._failures as exc:
             _failed("put", exc)
             return False
         return True

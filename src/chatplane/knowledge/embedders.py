@@ -24,10 +24,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-import aiohttp
 import orjson
 
 from chatplane.errors import ChatplaneError, ProviderError
+from chatplane.providers.http import UpstreamHttp, session_of
 from chatplane.providers.openai import DEFAULT_OPENAI_BASE_URL
 from chatplane.providers.upstream import (
     error_from_response,
@@ -38,6 +38,7 @@ from chatplane.providers.upstream import (
 from chatplane.settings import Settings
 
 if TYPE_CHECKING:  # numpy loads with the first embedder, not with every process
+    import aiohttp
     import numpy as np
     import numpy.typing as npt
 
@@ -80,7 +81,9 @@ class Embedder(Protocol):
     async def close(self) -> None: ...
 
 
-def create_embedder(settings: Settings, http: aiohttp.ClientSession) -> Embedder | None:
+def create_embedder(
+    settings: Settings, http: UpstreamHttp | aiohttp.ClientSession
+) -> Embedder | None:
     """The embedder `settings.embeddings` names; None for `none`. A local model that is not
     installed fails now (EmbeddingsUnavailable), not on the first document; it loads on
     first use."""
@@ -90,7 +93,7 @@ def create_embedder(settings: Settings, http: aiohttp.ClientSession) -> Embedder
     if kind == "openai":
         api_key = settings.embeddings_api_key or settings.openai_api_key
         return OpenAIEmbedder(
-            session=http,
+            session=session_of(http),
             model=name,
             base_url=settings.embeddings_base_url
             or settings.openai_base_url
@@ -128,6 +131,8 @@ class OpenAIEmbedder:
         connect_timeout_s: float = 10.0,
         timeout_s: float = EMBED_REQUEST_TIMEOUT_S,
     ) -> None:
+        import aiohttp  # loaded already: `session` is an aiohttp session
+
         self.model = f"openai:{model}"
         self.dim: int | None = None
         self.upstream_model = model

@@ -25,8 +25,6 @@ from typing import TYPE_CHECKING, Literal, Protocol, cast
 
 import structlog
 from sqlalchemy import Select, Table, delete, insert, select, update
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -465,8 +463,14 @@ async def _insert_vectors(
     if not if_absent:
         await session.execute(insert(VECTORS), rows)
     elif session.get_bind().dialect.name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
         await session.execute(sqlite_insert(VECTORS).on_conflict_do_nothing(), rows)
     else:
+        # The dialect's own module, only on its database (the embedded shape never loads
+        # the Postgres one).
+        from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+
         await session.execute(postgresql_insert(VECTORS).on_conflict_do_nothing(), rows)
 
 

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Protocol
 
 import structlog
-from aiohttp import web
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
@@ -31,6 +30,8 @@ from chatplane.observability.metrics import (
 )
 
 if TYPE_CHECKING:
+    from aiohttp import web
+
     from chatplane.broker.protocol import Broker, QueueStats
     from chatplane.knowledge.service import KnowledgeStats
 
@@ -131,6 +132,7 @@ class MetricsEndpoint:
 
 async def start_metrics_server(broker: Broker, host: str, port: int) -> web.AppRunner:
     """A worker's own `GET /metrics` listener; stop it with `runner.cleanup()`."""
+    from aiohttp import web  # only `chatplane worker` has a listener of its own
 
     async def metrics(_: web.Request) -> web.Response:
         body = await render_metrics(broker)

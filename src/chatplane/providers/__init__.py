@@ -2,7 +2,7 @@
 
 from chatplane.providers.anthropic import AnthropicProvider
 from chatplane.providers.config import ConfigError, ModelConfig, ProviderKind, load_model_config
-from chatplane.providers.http import create_upstream_session, upstream_timeout
+from chatplane.providers.http import UpstreamHttp, create_upstream_session, upstream_timeout
 from chatplane.providers.mock import MOCK_ECHO, MOCK_FILLER, MOCK_MODELS, MockProvider
 from chatplane.providers.openai import OpenAIProvider
 from chatplane.providers.protocol import (
@@ -48,6 +48,7 @@ __all__ = [
     "StreamItem",
     "TextDelta",
     "UpstreamDiscovery",
+    "UpstreamHttp",
     "Usage",
     "build_registry",
     "cost_usd",

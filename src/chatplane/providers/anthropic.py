@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import orjson
 
 from chatplane.errors import ProviderError
@@ -26,6 +25,9 @@ from chatplane.providers.upstream import (
     send,
     sse_events,
 )
+
+if TYPE_CHECKING:
+    import aiohttp
 
 DEFAULT_ANTHROPIC_BASE_URL = "https://api.anthropic.com"
 ANTHROPIC_VERSION = "2023-06-01"

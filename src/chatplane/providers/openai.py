@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import orjson
 
 from chatplane.errors import ProviderError
@@ -24,6 +23,9 @@ from chatplane.providers.upstream import (
     sse_events,
     transport_errors,
 )
+
+if TYPE_CHECKING:
+    import aiohttp
 
 DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
 LIST_MODELS_TIMEOUT_S = 10.0
@@ -65,6 +67,8 @@ class OpenAIProvider:
 
     async def list_models(self, *, timeout_s: float = LIST_MODELS_TIMEOUT_S) -> list[str]:
         """Model ids from `GET {base}/models`, in the upstream's order."""
+        import aiohttp  # loaded already: `self._session` is an aiohttp session
+
         response = await send(
             self._session,
             "GET",

@@ -10,9 +10,8 @@ import random
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import aiohttp
 import structlog
 
 from chatplane.errors import ModelNotFound, ProviderError
@@ -24,10 +23,14 @@ from chatplane.providers.config import (
     load_model_config,
     resolve_api_key,
 )
+from chatplane.providers.http import UpstreamHttp, session_of
 from chatplane.providers.mock import MOCK_MODELS, MockProvider
 from chatplane.providers.openai import OpenAIProvider
 from chatplane.providers.protocol import Provider, Usage
 from chatplane.settings import Settings
+
+if TYPE_CHECKING:
+    import aiohttp
 
 log = structlog.get_logger(__name__)
 
@@ -248,19 +251,20 @@ class ModelRegistry:
 
 async def build_registry(
     settings: Settings,
-    session: aiohttp.ClientSession,
+    http: UpstreamHttp | aiohttp.ClientSession,
     *,
     environ: Mapping[str, str] = os.environ,
     clock: Callable[[], float] = time.monotonic,
     mock_rng: random.Random | None = None,
 ) -> ModelRegistry:
     """The mock models, then the config file's models (which may replace a mock name),
-    then every model of the OpenAI shortcut upstream not named already."""
+    then every model of the OpenAI shortcut upstream not named already. The HTTP session
+    is made only once a model needs an upstream."""
     mock = MockProvider.from_settings(settings, rng=mock_rng)
     routes = {
         name: ModelRoute(name, mock, name, kind="mock", owned_by=MOCK_OWNER) for name in MOCK_MODELS
     }
-    factory = _ProviderFactory(session, mock, environ, source=str(settings.config or "models"))
+    factory = _ProviderFactory(http, mock, environ, source=str(settings.config or "models"))
     if settings.config is not None:
         for config in await asyncio.to_thread(load_model_config, settings.config):
             routes[config.name] = factory.route(config)
@@ -268,7 +272,9 @@ async def build_registry(
     discovery = None
     if settings.openai_base_url:
         key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
-        upstream = OpenAIProvider(session=session, base_url=settings.openai_base_url, api_key=key)
+        upstream = OpenAIProvider(
+            session=session_of(http), base_url=settings.openai_base_url, api_key=key
+        )
         discovery = UpstreamDiscovery(upstream, clock=clock)
 
     registry = ModelRegistry(
@@ -287,13 +293,13 @@ class _ProviderFactory:
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
+        http: UpstreamHttp | aiohttp.ClientSession,
         mock: MockProvider,
         environ: Mapping[str, str],
         *,
         source: str,
     ) -> None:
-        self._session = session
+        self._http = http
         self._mock = mock
         self._environ = environ
         self._source = source
@@ -321,11 +327,11 @@ class _ProviderFactory:
                 if api_key is None:
                     raise ConfigError(f"{self._source}: model {config.name!r} needs api_key_env")
                 provider = AnthropicProvider(
-                    session=self._session, base_url=config.base_url, api_key=api_key
+                    session=session_of(self._http), base_url=config.base_url, api_key=api_key
                 )
             else:
                 provider = OpenAIProvider(
-                    session=self._session, base_url=config.base_url, api_key=api_key
+                    session=session_of(self._http), base_url=config.base_url, api_key=api_key
                 )
             self._providers[key] = provider
         return provider

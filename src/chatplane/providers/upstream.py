@@ -7,14 +7,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import aiohttp
 import orjson
 
 from chatplane.errors import ProviderError, ProviderTimeout
 from chatplane.providers.sse import ServerSentEvent, SSEDecoder, SSEProtocolError
+
+if TYPE_CHECKING:
+    import aiohttp
 
 ERROR_BODY_LIMIT = 64 * 1024
 ERROR_MESSAGE_LIMIT = 500
@@ -51,19 +53,30 @@ def transport_errors(provider: str, *, streaming: bool) -> Iterator[None]:
     except TimeoutError as exc:  # also aiohttp's ServerTimeoutError / ConnectionTimeoutError
         phase = "stream" if streaming else "request"
         raise ProviderTimeout(f"{provider}: the upstream {phase} timed out") from exc
-    except aiohttp.ClientConnectionError as exc:
-        if streaming:
-            raise ProviderError(
-                f"{provider}: the upstream connection broke off mid-stream ({exc})",
-                kind="upstream_error",
-            ) from exc
-        raise ProviderError(
-            f"{provider}: cannot reach the upstream ({exc})", kind="connect"
-        ) from exc
-    except aiohttp.ClientError as exc:
-        raise ProviderError(f"{provider}: upstream failure ({exc})", kind="upstream_error") from exc
     except SSEProtocolError as exc:
         raise ProviderError(f"{provider}: bad event stream ({exc})", kind="upstream_error") from exc
+    except Exception as exc:
+        error = _client_error(exc, provider, streaming=streaming)
+        if error is None:
+            raise
+        raise error from exc
+
+
+def _client_error(exc: Exception, provider: str, *, streaming: bool) -> ProviderError | None:
+    # Imported here, not with the module: only a request through an aiohttp session gets
+    # here, and the model adapters stay importable in a process that never makes one.
+    import aiohttp
+
+    if isinstance(exc, aiohttp.ClientConnectionError):
+        if streaming:
+            return ProviderError(
+                f"{provider}: the upstream connection broke off mid-stream ({exc})",
+                kind="upstream_error",
+            )
+        return ProviderError(f"{provider}: cannot reach the upstream ({exc})", kind="connect")
+    if isinstance(exc, aiohttp.ClientError):
+        return ProviderError(f"{provider}: upstream failure ({exc})", kind="upstream_error")
+    return None
 
 
 async def send(
@@ -145,13 +158,18 @@ async def release_when_drained(response: aiohttp.ClientResponse) -> None:
         async with asyncio.timeout(DRAIN_TIMEOUT_S):
             while await response.content.readany():
                 pass
-    except (TimeoutError, aiohttp.ClientError):
+    except BaseException as exc:
         response.close()
-        return
-    except BaseException:
-        response.close()
+        if isinstance(exc, TimeoutError) or _is_client_error(exc):
+            return
         raise
     response.release()
+
+
+def _is_client_error(exc: BaseException) -> bool:
+    import aiohttp  # loaded already: `exc` came from an aiohttp response
+
+    return isinstance(exc, aiohttp.ClientError)
 
 
 def parse_json(data: bytes, provider: str) -> Any:

@@ -7,7 +7,6 @@ import contextlib
 
 import structlog
 from sqlalchemy import Insert, insert
-from sqlalchemy.dialects import postgresql, sqlite
 
 from chatplane.db.base import new_id, utcnow
 from chatplane.db.engine import Database
@@ -22,10 +21,15 @@ MAX_BACKLOG = 100_000
 
 
 def _insert_skipping_stored_ids(dialect: str) -> Insert:
-    """INSERT ... ON CONFLICT (id) DO NOTHING, so a batch sent twice is stored once."""
+    """INSERT ... ON CONFLICT (id) DO NOTHING, so a batch sent twice is stored once. Each
+    dialect's module is imported only on its database (SQLite never loads Postgres's)."""
     if dialect == "postgresql":
+        from sqlalchemy.dialects import postgresql
+
         return postgresql.insert(UsageRecord).on_conflict_do_nothing(index_elements=["id"])
     if dialect == "sqlite":
+        from sqlalchemy.dialects import sqlite
+
         return sqlite.insert(UsageRecord).on_conflict_do_nothing(index_elements=["id"])
     return insert(UsageRecord)
 
