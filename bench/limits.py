@@ -54,6 +54,7 @@ if TYPE_CHECKING:
         ReserveResult,
         SlotRule,
     )
+    from chatplane.limits.redis import LimitScript, ScriptRunner
 
 LIMITS = "limits"
 STORES = ("memory", "redis")
@@ -247,8 +248,9 @@ class TimedBudgets:
 
 @dataclass
 class CommandCounter:
-    """Every command the Redis client sends (one per round trip: the stores pipeline
-    nothing on the request path), while `recording`."""
+    """Every command the Redis client sends and every script the stores' `ScriptRunner`
+    runs (one per round trip: the stores pipeline nothing on the request path), while
+    `recording`."""
 
     recording: bool = False
     commands: Counter[str] = field(default_factory=Counter)
@@ -262,6 +264,16 @@ class CommandCounter:
             return await send(*args, **options)
 
         client.execute_command = counted  # type: ignore[method-assign]
+
+    def wrap_scripts(self, scripts: ScriptRunner) -> None:
+        run = scripts.run
+
+        async def counted(script: LimitScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
+            if self.recording:
+                self.commands["EVALSHA"] += 1
+            return await run(script, keys, args)
+
+        scripts.run = counted  # type: ignore[method-assign]
 
 
 @dataclass
@@ -309,6 +321,8 @@ async def _direct(workdir: Path, store: str, options: BenchOptions) -> dict[str,
     counter = CommandCounter() if stores.redis is not None else None
     if counter is not None and stores.redis is not None:
         counter.wrap(stores.redis)
+        if stores.scripts is not None:
+            counter.wrap_scripts(stores.scripts)
     try:
         auth = AuthService(db, settings, Passwords(settings), AuditLog(db))
         await auth.create_user(BENCH_EMAIL, BENCH_PASSWORD)

@@ -1,5 +1,6 @@
 """The limit stores of the scaled shape: one Lua script per call (see `redis_scripts`), so
-each call is one round trip, atomic, and exact across replicas.
+each call is one round trip, atomic, and exact across replicas. The scripts run through the
+process's `ScriptRunner` (connections kept for them), everything else on the shared client.
 
 Every key is `{prefix}:limits:{partition}:...` with braces around the partition: the hash
 tag puts all keys of one call in one Redis Cluster slot. The stores take the client they
@@ -15,7 +16,6 @@ from typing import Any
 
 import structlog
 from redis import exceptions as redis_errors
-from redis.asyncio import Redis
 
 from chatplane.limits import gcra
 from chatplane.limits.memory import SETTLED_TTL_S
@@ -29,7 +29,13 @@ from chatplane.limits.protocol import (
     SlotDecision,
     SlotRule,
 )
-from chatplane.limits.redis import MAX_CONNECTIONS, RedisWindowCounter, connect, store_errors
+from chatplane.limits.redis import (
+    MAX_CONNECTIONS,
+    RedisWindowCounter,
+    ScriptRunner,
+    connect,
+    store_errors,
+)
 from chatplane.limits.redis_scripts import (
     ACQUIRE_SLOTS,
     ADMIT,
@@ -105,10 +111,10 @@ def _ttl_ms(seconds: float) -> int:
 
 
 class RedisRateLimiter:
-    def __init__(self, client: Redis, *, key_prefix: str) -> None:
-        self._client = client
+    def __init__(self, scripts: ScriptRunner, *, key_prefix: str) -> None:
+        self._client = scripts.client
         self._key = _Keys(key_prefix)
-        self._check = client.register_script(RATE_CHECK)
+        self._check = scripts.register(RATE_CHECK)
 
     async def check(self, partition: str, rules: Sequence[RateRule]) -> list[RateDecision]:
         gcra.validate(rules)
@@ -136,16 +142,18 @@ class RedisSlotLimiter:
     renewed (it expired while this process stalled) is dropped with a warning; its holder
     keeps running, over the limit for once, rather than being cut off."""
 
-    def __init__(self, client: Redis, *, key_prefix: str, lease_ttl_s: float = 60.0) -> None:
+    def __init__(
+        self, scripts: ScriptRunner, *, key_prefix: str, lease_ttl_s: float = 60.0
+    ) -> None:
         if lease_ttl_s <= 0:
             raise ValueError("lease_ttl_s must be positive")
-        self._client = client
+        self._client = client = scripts.client
         self._key = _Keys(key_prefix)
         self._lease_ttl_s = lease_ttl_s
         self.lease_ttl_ms = _ttl_ms(lease_ttl_s)
-        self._acquire = client.register_script(ACQUIRE_SLOTS)
-        self._release = client.register_script(RELEASE_SLOTS)
-        self._renew = client.register_script(RENEW_SLOTS)
+        self._acquire = scripts.register(ACQUIRE_SLOTS)
+        self._release = scripts.register(RELEASE_SLOTS)
+        self._renew = client.register_script(RENEW_SLOTS)  # pipelined on the client
         self._held: dict[tuple[str, str], tuple[str, ...]] = {}  # (partition, lease) -> sets
         self._renewer: asyncio.Task[None] | None = None
 
@@ -242,12 +250,12 @@ class RedisSlotLimiter:
 
 
 class RedisBudgetLedger:
-    def __init__(self, client: Redis, *, key_prefix: str) -> None:
-        self._client = client
+    def __init__(self, scripts: ScriptRunner, *, key_prefix: str) -> None:
+        self._client = scripts.client
         self._key = _Keys(key_prefix)
-        self._reserve = client.register_script(RESERVE)
-        self._settle = client.register_script(SETTLE)
-        self._state = client.register_script(BUDGET_STATE)
+        self._reserve = scripts.register(RESERVE)
+        self._settle = scripts.register(SETTLE)
+        self._state = scripts.register(BUDGET_STATE)
 
     async def reserve(
         self,
@@ -306,11 +314,11 @@ class RedisAdmissions:
     """`ADMIT` and `FINISH`: one round trip each. The leases it takes are renewed by
     `slots` (the process's `RedisSlotLimiter`), like those `slots.acquire` takes."""
 
-    def __init__(self, client: Redis, *, key_prefix: str, slots: RedisSlotLimiter) -> None:
+    def __init__(self, scripts: ScriptRunner, *, key_prefix: str, slots: RedisSlotLimiter) -> None:
         self._key = _Keys(key_prefix)
         self._slots = slots
-        self._admit = client.register_script(ADMIT)
-        self._finish = client.register_script(FINISH)
+        self._admit = scripts.register(ADMIT)
+        self._finish = scripts.register(FINISH)
 
     async def admit(
         self,
@@ -397,14 +405,17 @@ _TAKEN = SlotDecision(allowed=True)
 def redis_limit_stores(
     url: str, *, key_prefix: str, lease_ttl_s: float = 60.0, max_connections: int = MAX_CONNECTIONS
 ) -> LimitStores:
-    """The Redis stores of one process on one client (no I/O until the first call)."""
+    """The Redis stores of one process on one client and the script connections kept beside
+    it, up to `max_connections` each (no I/O until the first call)."""
     client = connect(url, max_connections=max_connections)
-    slots = RedisSlotLimiter(client, key_prefix=key_prefix, lease_ttl_s=lease_ttl_s)
+    scripts = ScriptRunner(client, max_connections=max_connections)
+    slots = RedisSlotLimiter(scripts, key_prefix=key_prefix, lease_ttl_s=lease_ttl_s)
     return LimitStores(
-        rates=RedisRateLimiter(client, key_prefix=key_prefix),
+        rates=RedisRateLimiter(scripts, key_prefix=key_prefix),
         slots=slots,
-        budgets=RedisBudgetLedger(client, key_prefix=key_prefix),
-        admissions=RedisAdmissions(client, key_prefix=key_prefix, slots=slots),
+        budgets=RedisBudgetLedger(scripts, key_prefix=key_prefix),
+        admissions=RedisAdmissions(scripts, key_prefix=key_prefix, slots=slots),
         counter=RedisWindowCounter(client, key_prefix=key_prefix),
         redis=client,
+        scripts=scripts,
     )

@@ -19,6 +19,8 @@ from chatplane.limits.protocol import Admissions, BudgetLedger, RateLimiter, Slo
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
+    from chatplane.limits.redis import ScriptRunner
+
 
 @dataclass(frozen=True, slots=True)
 class LimitStores:
@@ -28,14 +30,19 @@ class LimitStores:
     admissions: Admissions  # the three above in one step, on the same counts
     counter: WindowCounter
     redis: Redis | None = None  # the client the Redis stores share, closed after them
+    scripts: ScriptRunner | None = None  # the connections their scripts run on, likewise
 
     async def close(self) -> None:
         try:
             for store in (self.admissions, self.slots, self.rates, self.budgets, self.counter):
                 await store.close()
         finally:
-            if self.redis is not None:
-                await self.redis.aclose()
+            try:
+                if self.scripts is not None:
+                    await self.scripts.close()
+            finally:
+                if self.redis is not None:
+                    await self.redis.aclose()
 
 
 def memory_limit_stores(*, clock: Clock = time.monotonic) -> LimitStores:
