@@ -27,13 +27,13 @@ from chatplane.errors import ChatplaneError, ProviderError, Unauthorized
 from chatplane.gateway import caching
 from chatplane.gateway.caching import CachedAnswer, StreamCapture
 from chatplane.gateway.request import GatewayRequest, parse_request
+from chatplane.gateway.sources import CitedStream, cite_completion
 from chatplane.gateway.stream import (
     CONTENT_KEY,
     DONE,
     TAIL_BYTES,
     ChunkWriter,
     error_event,
-    extension_chunk,
     usage_from_json,
     usage_from_tail,
 )
@@ -48,7 +48,6 @@ from chatplane.ops.drain import Drain
 from chatplane.providers.openai import OpenAIProvider
 from chatplane.providers.protocol import Finish, StreamItem, TextDelta, Usage
 from chatplane.providers.registry import ModelRoute, cost_usd
-from chatplane.providers.sse import SSEDecoder
 from chatplane.providers.tokens import (
     estimate_prompt_tokens,
     estimate_tokens,
@@ -354,7 +353,7 @@ class _Call:
             if not self.request.stream or response.status != 200:
                 body = await response.read()
                 if self.given is not None and response.status == 200:
-                    body = self._cited_body(body)
+                    body = cite_completion(body, self._citations)
                 if self.cache_key is not None and response.status == 200:
                     await self._keep(caching.answer_from_completion(body))
                 await self._body(body, more=False)
@@ -390,61 +389,20 @@ class _Call:
         await self._body(b"", more=False)
         self._record(usage_from_tail(tail))
 
-    def _cited_body(self, body: bytes) -> bytes:
-        """An upstream's completion with our citations added (as it was when unreadable)."""
-        try:
-            payload = orjson.loads(body)
-            text = payload["choices"][0]["message"]["content"] or ""
-        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
-            log.warning("gateway_citations_unreadable_body")
-            return body
-        payload["chatplane"] = self._citations(str(text))
-        return orjson.dumps(payload)
-
     async def _cited_stream(self, chunks: AsyncIterator[bytes]) -> None:
-        """An upstream stream passed on event by event (not byte for byte: its `[DONE]`
-        must come after our citations chunk), its text kept for the citations."""
-        decoder = SSEDecoder()
-        parts: list[str] = []
-        head: dict[str, Any] = {}
+        stream = CitedStream()
         tail = b""
         async for chunk in chunks:
-            out = [self._pass_event(event.data, parts, head) for event in decoder.feed(chunk)]
-            data = b"".join(out)
+            data = stream.feed(chunk)
+            self.sent_deltas = stream.deltas
             if data:
                 await self._body(data, more=True)
                 tail = (tail + data)[-TAIL_BYTES:]
-        data = b"".join(self._pass_event(event.data, parts, head) for event in decoder.flush())
-        created = head.get("created")
-        citations = extension_chunk(
-            str(head.get("id", "")),
-            created if isinstance(created, int) else int(time.time()),
-            str(head.get("model", self.request.model)),
-            self._citations("".join(parts)),
-        )
+        data = stream.flush()
+        self.sent_deltas = stream.deltas
+        citations = stream.citations_chunk(self.request.model, self._citations)
         await self._body(data + citations + DONE, more=False)
         self._record(usage_from_tail(tail + data))
-
-    def _pass_event(self, data: bytes, parts: list[str], head: dict[str, Any]) -> bytes:
-        if data == b"[DONE]":
-            return b""
-        try:
-            event = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            event = None
-        if isinstance(event, dict):
-            if not head:
-                head.update(
-                    {k: event[k] for k in ("id", "created", "model") if event.get(k) is not None}
-                )
-            for choice in event.get("choices") or ():
-                content = (
-                    (choice.get("delta") or {}).get("content") if isinstance(choice, dict) else None
-                )
-                if isinstance(content, str) and content:
-                    parts.append(content)
-                    self.sent_deltas += 1
-        return b"data: " + data + b"\n\n"
 
     # Other providers: written in OpenAI's format here.
 
