@@ -76,7 +76,6 @@ async def _authenticate(
 async def count_request(services: Services, principal: Principal, scope: Scope) -> None:
     """One more request for the caller's key, user and tenant limits (429 when over);
     the decision is kept for the `RateLimit-*` headers."""
-    saw_user(services, principal)  # the /v1 routes authenticate on their own, then count
     zone = zone_of(scope["path"], scope["method"]) or "chat"
     decision = await services.limits.check_requests(principal, zone)
     remember(scope.setdefault("state", {}), decision)

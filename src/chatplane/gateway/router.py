@@ -19,7 +19,13 @@ from fastapi import FastAPI
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
-from chatplane.auth.deps import bearer_token, bind_principal, count_request, require_scope
+from chatplane.auth.deps import (
+    bearer_token,
+    bind_principal,
+    count_request,
+    require_scope,
+    saw_user,
+)
 from chatplane.auth.principal import Principal
 from chatplane.container import Services
 from chatplane.db.base import new_id
@@ -70,6 +76,7 @@ async def _authenticate(services: Services, scope: Scope) -> Principal:
             token = bearer_token(value.decode("latin-1"))
             if token:
                 principal = await services.auth.authenticate_bearer(token)
+                saw_user(services, principal)
                 return require_scope(bind_principal(principal), "chat")
     raise Unauthorized("Send an API key as 'Authorization: Bearer cp_...'", code="missing_api_key")
 
