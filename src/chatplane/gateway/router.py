@@ -370,31 +370,23 @@ class _Call:
             if self.given is not None:
                 await self._cited_stream(response.content.iter_any())
                 return
-            if self.cache_key is not None:
-                await self._captured_stream(response.content.iter_any())
-                return
+            # Byte for byte; read beside only when the answer may go to the response cache.
+            capture = (
+                StreamCapture(self.route.upstream_model) if self.cache_key is not None else None
+            )
             tail = b""
             async for chunk in response.content.iter_any():
                 await self._body(chunk, more=True)
+                if capture is not None:
+                    capture.feed(chunk)
                 self.sent_deltas += chunk.count(CONTENT_KEY)
                 tail = (tail + chunk)[-TAIL_BYTES:]
+            if capture is not None:
+                await self._keep(capture.answer())
             await self._body(b"", more=False)
             self._record(usage_from_tail(tail))
         finally:
             response.release()
-
-    async def _captured_stream(self, chunks: AsyncIterator[bytes]) -> None:
-        """The byte-for-byte stream, read beside for the response cache."""
-        capture = StreamCapture(self.route.upstream_model)
-        tail = b""
-        async for chunk in chunks:
-            await self._body(chunk, more=True)
-            capture.feed(chunk)
-            self.sent_deltas += chunk.count(CONTENT_KEY)
-            tail = (tail + chunk)[-TAIL_BYTES:]
-        await self._keep(capture.answer())
-        await self._body(b"", more=False)
-        self._record(usage_from_tail(tail))
 
     async def _cited_stream(self, chunks: AsyncIterator[bytes]) -> None:
         stream = CitedStream()
