@@ -6,8 +6,9 @@ except under CI (`CI` set), where they fail instead."""
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ import asyncpg
 import pytest
 
 from chatplane.settings import Settings
+from tests.own_redis import OwnRedis
+from tests.scale.procs import free_port
 
 PG_ADMIN_DSN = os.environ.get("CHATPLANE_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_TEST_URL = os.environ.get("CHATPLANE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -76,3 +79,14 @@ async def postgres_url() -> AsyncIterator[str]:
     """A database of its own for this test run, dropped at the end."""
     async with postgres_database(f"chatplane_test_{RUN_ID}") as url:
         yield url
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
+    """A Redis server of the test's own, started; stopped at the end."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    redis = OwnRedis(free_port(), tmp_path)
+    redis.start()
+    yield redis
+    redis.stop()

@@ -7,10 +7,8 @@ These tests run a Redis server of their own on a free port (they stop and pause 
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import pytest
 from redis import exceptions as redis_errors
@@ -21,22 +19,11 @@ from chatplane.limits.protocol import RateRule
 from chatplane.limits.redis import ScriptRunner
 from chatplane.limits.redis_stores import redis_limit_stores
 from chatplane.limits.stores import LimitStores
-from tests.scale.procs import free_port
-from tests.scale.test_redis_outage import OwnRedis
+from tests.own_redis import OwnRedis
 
 ECHO = "return ARGV[1]"
 NAME = "chatplane-limits-test"
 RULE = RateRule(key="user_rpm", limit=2, period_s=60)
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
-    redis = OwnRedis(free_port(), tmp_path)
-    redis.start()
-    yield redis
-    redis.stop()
 
 
 @pytest.fixture

@@ -7,62 +7,17 @@ never stopped)."""
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.api.sse import read_events, text_of
-from tests.scale.procs import Cluster, free_port, run_cli
+from tests.own_redis import OwnRedis
+from tests.scale.procs import Cluster, run_cli
 from tests.scale.test_processes import assistant_messages, client, start_turn
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
-
-
-class OwnRedis:
-    def __init__(self, port: int, workdir: Path) -> None:
-        self.port = port
-        self.workdir = workdir
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + 10
-        while (
-            subprocess.run(
-                ["redis-cli", "-p", str(self.port), "ping"], capture_output=True, check=False
-            ).stdout.strip()
-            != b"PONG"
-        ):
-            assert time.monotonic() < deadline, "own redis-server did not start"
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
-    redis = OwnRedis(free_port(), tmp_path)
-    redis.start()
-    yield redis
-    redis.stop()
 
 
 async def wait_for_status(http: httpx.AsyncClient, path: str, status: int) -> httpx.Response:
