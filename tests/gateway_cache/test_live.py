@@ -17,9 +17,9 @@ from sqlalchemy import select
 
 from chatplane.usage.models import UsageRecord
 from tests.admin.support import Org, add_user, new_org
-from tests.api.live import LiveServer, start_live_server
-from tests.broker.support import REDIS_URL, delete_keys, require_redis, unique_prefix
-from tests.conftest import make_settings
+from tests.api.conftest import Shape, shape_server
+from tests.api.live import LiveServer
+from tests.broker.support import REDIS_URL, unique_prefix
 from tests.providers.fakes import FakeOpenAI
 
 UPSTREAM_TEXT = ("Cached", " answers", " are", " cheap")
@@ -33,36 +33,27 @@ async def upstream() -> AsyncIterator[FakeOpenAI]:
 
 
 @pytest.fixture(scope="module", params=["embedded", "scaled"])
-def shape(request: pytest.FixtureRequest) -> dict[str, Any]:
+def shape(request: pytest.FixtureRequest) -> Shape:
     """In-process cache on SQLite, or the Redis cache on Postgres."""
     if request.param == "embedded":
-        return {}
-    return {
-        "database_url": request.getfixturevalue("postgres_url"),
-        "redis_url": REDIS_URL,
-        "redis_prefix": unique_prefix(),
-    }
+        return Shape("embedded")
+    url: str = request.getfixturevalue("postgres_url")
+    return Shape("scaled", database_url=url, redis_url=REDIS_URL, redis_prefix=unique_prefix())
 
 
 @pytest.fixture(scope="module")
 async def live(
-    shape: dict[str, Any], tmp_path_factory: pytest.TempPathFactory, upstream: FakeOpenAI
+    shape: Shape, tmp_path_factory: pytest.TempPathFactory, upstream: FakeOpenAI
 ) -> AsyncIterator[LiveServer]:
-    name = "scaled" if shape else "embedded"
-    if shape:
-        await require_redis()
-    settings = make_settings(
-        tmp_path_factory.mktemp(f"respcache-{name}"),
-        openai_base_url=upstream.base_url,
+    async with shape_server(
+        shape,
+        tmp_path_factory.mktemp(f"respcache-{shape.name}"),
+        upstream,
+        email=f"respcache.{shape.name}@example.com",
         model_prices=PRICES,
         response_cache_max_entry_kb=4,
-        **shape,
-    )
-    server = await start_live_server(settings, email=f"respcache.{name}@example.com")
-    yield server
-    await server.stop()
-    if shape:
-        await delete_keys(shape["redis_prefix"])
+    ) as server:
+        yield server
 
 
 def sdk(live: LiveServer, key: str) -> openai.AsyncOpenAI:
