@@ -27,10 +27,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.clients import ChatCompletionStream
 from bench.procs import ManagedProcess
 from bench.scaled import REDIS_URL, delete_redis_prefix, redis_reachable
-from bench.server import BENCH_EMAIL, BENCH_PASSWORD, ChatplaneServer, ServerConfig
+from bench.server import BENCH_EMAIL, BENCH_PASSWORD, serving_v1
 from bench.stats import distribution_ms
 
 if TYPE_CHECKING:
@@ -121,32 +120,12 @@ async def _direct_variant(workdir: Path, variant: str, requests: int) -> dict[st
 async def _end_to_end(
     workdir: Path, name: str, cache_on: bool, options: BenchOptions, measure: MeasureFn
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    env = () if cache_on else (("CHATPLANE_CACHE_MAX_ITEMS", "0"),)
-    config = ServerConfig(
-        chunks=options.chunks,
-        ttft_ms=options.ttft_ms,
-        chunk_delay_ms=options.chunk_delay_ms,
-        extra_env=env,
-    )
-    server = ChatplaneServer(workdir / name, config)
-    await asyncio.to_thread((workdir / name).mkdir, parents=True, exist_ok=True)
-    startup = await server.start(idle_settle_s=options.idle_settle_s)
-    pid = server.pid
-    try:
-        client = ChatCompletionStream(
-            server.base_url + "/v1",
-            model=MODEL,
-            api_key=server.api_key,
-            expected_chunks=options.chunks,
-        )
-        run = await measure(CACHE, name, client, options, {"chatplane": server.process})
-    finally:
-        await server.stop()
+    env = {} if cache_on else {"CHATPLANE_CACHE_MAX_ITEMS": "0"}
+    async with serving_v1(workdir / name, options, model=MODEL, extra_env=env) as target:
+        run = await measure(CACHE, name, target.client, options, target.processes)
     described = {
-        "pid": pid,
+        **target.described(),
         "cache": "defaults" if cache_on else "CHATPLANE_CACHE_MAX_ITEMS=0",
-        "ready_s": round(startup.ready_s, 3),
-        "idle_rss_mb": round(startup.idle_rss_kib / 1024, 1),
     }
     return run, described
 

@@ -41,11 +41,10 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from bench.clients import ChatCompletionStream
 from bench.loadgen import RequestFn
 from bench.procs import ManagedProcess, child_env, system_cpu
-from bench.server import ChatplaneServer, ServerConfig
-from bench.stats import percentile
+from bench.server import serving_v1
+from bench.stats import percentile, run_difference
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Scope
@@ -106,7 +105,7 @@ async def measure_observability(
         "errors": sum(d["errors"] for d in direct.values()),
         "observability": {
             "direct": direct,
-            "end_to_end": _added(runs["access-log-on"], runs["access-log-off"]),
+            "end_to_end": run_difference(runs["access-log-on"], runs["access-log-off"]),
         },
     }
 
@@ -506,54 +505,13 @@ async def _end_to_end(
     measure: MeasureFn,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """One `serve` with JSON logs and the access log off or on, loaded like `v1-mock`."""
-    await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
     env = {"CHATPLANE_LOG_JSON": "1", "CHATPLANE_ACCESS_LOG": "1" if access_log else "0"}
-    config = ServerConfig(
-        chunks=options.chunks,
-        ttft_ms=options.ttft_ms,
-        chunk_delay_ms=options.chunk_delay_ms,
-        extra_env=tuple(env.items()),
-    )
-    server = ChatplaneServer(workdir, config)
-    startup = await server.start(idle_settle_s=options.idle_settle_s)
-    pid = server.pid
-    try:
-        client = ChatCompletionStream(
-            server.base_url + "/v1",
-            model=MODEL,
-            api_key=server.api_key,
-            expected_chunks=options.chunks,
-        )
-        run = await measure(OBSERVABILITY, name, client, options, {"chatplane": server.process})
-    finally:
-        await server.stop()
-    log_path = server.process.log_path
+    async with serving_v1(workdir, options, model=MODEL, extra_env=env) as target:
+        run = await measure(OBSERVABILITY, name, target.client, options, target.processes)
+    log_path = target.server.process.log_path
     run["access_log_lines"] = await asyncio.to_thread(_count_lines, log_path, ACCESS_LINE_MARK)
-    described = {
-        "pid": pid,
-        "access_log": access_log,
-        "log": str(log_path),
-        "ready_s": round(startup.ready_s, 3),
-        "idle_rss_mb": round(startup.idle_rss_kib / KIB_PER_MB, 1),
-    }
+    described = {**target.described(), "access_log": access_log, "log": str(log_path)}
     return run, described
-
-
-def _added(on: Mapping[str, Any], off: Mapping[str, Any]) -> dict[str, Any]:
-    """What turning the access log on changed: on minus off."""
-
-    def minus(a: float | None, b: float | None) -> float | None:
-        return None if a is None or b is None else round(a - b, 4)
-
-    added: dict[str, Any] = {
-        f"{metric}_{p}": minus(on[metric][p], off[metric][p])
-        for metric in ("total_ms", "ttft_ms")
-        for p in ("p50", "p99")
-    }
-    added["cpu_ms_per_request"] = minus(
-        on["cpu_ms_per_request"]["chatplane"], off["cpu_ms_per_request"]["chatplane"]
-    )
-    return added
 
 
 if __name__ == "__main__":

@@ -9,11 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from bench.clients import ChatCompletionStream
 from bench.loadgen import LOOPBACK_HOST
 from bench.procs import ManagedProcess, child_env, free_port, run_command
+
+if TYPE_CHECKING:
+    from bench.scenarios import BenchOptions
 
 BENCH_EMAIL = "bench@example.com"
 BENCH_PASSWORD = "bench-password-1"
@@ -113,3 +120,57 @@ class ChatplaneServer:
 
     async def stop(self) -> int | None:
         return await self.process.stop()
+
+
+@dataclass(frozen=True, slots=True)
+class V1Target:
+    """A started server and the `/v1` streaming client a run loads it with."""
+
+    server: ChatplaneServer
+    pid: int  # kept: the process forgets it once stopped
+    startup: StartupStats
+    client: ChatCompletionStream
+
+    @property
+    def processes(self) -> dict[str, ManagedProcess]:
+        return {"chatplane": self.server.process}
+
+    def described(self) -> dict[str, Any]:
+        return {
+            "pid": self.pid,
+            "ready_s": round(self.startup.ready_s, 3),
+            "idle_rss_mb": round(self.startup.idle_rss_kib / 1024, 1),
+        }
+
+
+@asynccontextmanager
+async def serving_v1(
+    workdir: Path,
+    options: BenchOptions,
+    *,
+    model: str,
+    extra_env: dict[str, str] | None = None,
+    key_budget_usd: float | None = None,
+) -> AsyncIterator[V1Target]:
+    """A fresh `serve` in `workdir` with the run's mock pacing, for `/v1/chat/completions`
+    streams like `v1-mock`'s; stopped by its PID on the way out."""
+    await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
+    config = ServerConfig(
+        chunks=options.chunks,
+        ttft_ms=options.ttft_ms,
+        chunk_delay_ms=options.chunk_delay_ms,
+        extra_env=tuple((extra_env or {}).items()),
+        key_budget_usd=key_budget_usd,
+    )
+    server = ChatplaneServer(workdir, config)
+    startup = await server.start(idle_settle_s=options.idle_settle_s)
+    try:
+        client = ChatCompletionStream(
+            server.base_url + "/v1",
+            model=model,
+            api_key=server.api_key,
+            expected_chunks=options.chunks,
+        )
+        yield V1Target(server, server.pid, startup, client)
+    finally:
+        await server.stop()

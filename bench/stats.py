@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from bench.loadgen import LoadResult
@@ -71,3 +71,27 @@ def raw_samples(result: LoadResult) -> list[list[Any]]:
 
 def per_request_ms(cpu_s: float, requests_ok: int) -> float | None:
     return round(cpu_s * 1000 / requests_ok, 4) if requests_ok else None
+
+
+def difference(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else round(a - b, 4)
+
+
+def run_difference(
+    on: Mapping[str, Any], off: Mapping[str, Any], *, extra: Sequence[str] = ()
+) -> dict[str, Any]:
+    """What a switch changed between two `/v1` runs of one server each: on minus off, for
+    total and first-token p50/p99, the server's CPU per request, and the `extra` top-level
+    numbers both runs carry."""
+    added: dict[str, Any] = {
+        f"{metric}_{p}": difference(on[metric][p], off[metric][p])
+        for metric in ("total_ms", "ttft_ms")
+        for p in ("p50", "p99")
+    }
+    added["cpu_ms_per_request"] = difference(
+        on["cpu_ms_per_request"]["chatplane"], off["cpu_ms_per_request"]["chatplane"]
+    )
+    for key in extra:
+        if key in on:
+            added[key] = difference(on.get(key), off.get(key))
+    return added
