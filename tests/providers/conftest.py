@@ -10,6 +10,7 @@ import aiohttp
 import pytest
 
 from chatplane.providers import create_upstream_session
+from chatplane.providers.protocol import CompletionRequest, Provider, StreamItem, TextDelta
 from chatplane.settings import Settings
 
 from .fakes import FakeAnthropic, FakeOpenAI
@@ -33,6 +34,14 @@ async def eventually(predicate: Callable[[], bool], *, timeout_s: float = 5.0) -
         if loop.time() > deadline:
             raise AssertionError(f"condition not met within {timeout_s} s")
         await asyncio.sleep(0.005)
+
+
+async def stream_items(provider: Provider, request: CompletionRequest) -> list[StreamItem]:
+    return [item async for item in provider.stream(request)]
+
+
+def text_of(items: list[StreamItem]) -> str:
+    return "".join(item.text for item in items if isinstance(item, TextDelta))
 
 
 async def read_into(seen: list[Any], stream: AsyncIterable[Any]) -> None:

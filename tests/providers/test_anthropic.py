@@ -16,7 +16,7 @@ from chatplane.providers import (
     Usage,
 )
 
-from .conftest import eventually, read_into
+from .conftest import eventually, read_into, stream_items, text_of
 from .fakes import FakeAnthropic
 
 REQUEST = CompletionRequest(
@@ -42,11 +42,7 @@ def provider_for(
 async def collect(
     provider: AnthropicProvider, request: CompletionRequest = REQUEST
 ) -> list[StreamItem]:
-    return [item async for item in provider.stream(request)]
-
-
-def text_of(items: list[StreamItem]) -> str:
-    return "".join(item.text for item in items if isinstance(item, TextDelta))
+    return await stream_items(provider, request)
 
 
 async def test_stream_yields_text_then_finish_with_usage(

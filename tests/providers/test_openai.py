@@ -18,7 +18,7 @@ from chatplane.providers import (
     open_stream,
 )
 
-from .conftest import eventually, read_into
+from .conftest import eventually, read_into, stream_items, text_of
 from .fakes import FakeOpenAI
 
 REQUEST = CompletionRequest(
@@ -38,11 +38,7 @@ def provider_for(
 async def collect(
     provider: OpenAIProvider, request: CompletionRequest = REQUEST
 ) -> list[StreamItem]:
-    return [item async for item in provider.stream(request)]
-
-
-def text_of(items: list[StreamItem]) -> str:
-    return "".join(item.text for item in items if isinstance(item, TextDelta))
+    return await stream_items(provider, request)
 
 
 async def test_stream_yields_deltas_then_finish_with_usage(
