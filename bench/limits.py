@@ -7,10 +7,12 @@ Redis does not answer).
   run's work dir (migrated; the user and its API key with a lifetime budget made by
   `AuthService`, as `chatplane keys create --budget-usd` makes them), so the policy comes
   from the database through the service's own cache, as in `serve`. Per request, what the
-  `/v1` path runs: the per-address check (`check_ip`, `LimitMiddleware`), then `admit` and
-  `Admission.finish` as `gateway/router.py` calls them (one combined store call each).
+  `/v1` path runs: `admit` with the per-address check `LimitMiddleware` leaves to it (one
+  store call: the request's path before the model is called), then, apart,
+  `Admission.finish` (after the response's last byte), as `gateway/router.py` calls them.
   `--requests` of them one after another, then `--requests` with `--concurrency` in
-  flight. Each store call is timed, and every Redis command the client sends is counted.
+  flight. Each store call is timed, and every Redis command the client sends is counted
+  (scripts by name).
 - **End to end**: `/v1/chat/completions` (mock model, streamed) through a real `chatplane
   serve` with the limits off (every rate and concurrency setting 0, no budget) and then on
   (the same policy as the direct part, generous so nothing is refused), once per store; the
@@ -86,7 +88,9 @@ POLICY = {
 CLIENT_IP = "127.0.0.1"
 ZONE = "gateway"
 # Time is spent in the store calls (and the Redis round trips) in this order per request.
-STORE_CALLS = ("rates.check_ip", "admissions.admit", "admissions.finish")
+STORE_CALLS = ("admissions.admit", "admissions.finish")
+# The scripts that run after the response's last byte; every other one is on the path.
+AFTER_THE_RESPONSE = frozenset({"EVALSHA FINISH"})
 KIB_PER_MB = 1024
 
 MeasureFn = Callable[
@@ -250,10 +254,11 @@ class TimedBudgets:
 class CommandCounter:
     """Every command the Redis client sends and every script the stores' `ScriptRunner`
     runs (one per round trip: the stores pipeline nothing on the request path), while
-    `recording`."""
+    `recording`. Scripts are named (`EVALSHA ADMIT`) by `names`, from their source."""
 
     recording: bool = False
     commands: Counter[str] = field(default_factory=Counter)
+    names: dict[str, str] = field(default_factory=dict)
 
     def wrap(self, client: aioredis.Redis) -> None:
         send = client.execute_command
@@ -270,7 +275,7 @@ class CommandCounter:
 
         async def counted(script: LimitScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
             if self.recording:
-                self.commands["EVALSHA"] += 1
+                self.commands[f"EVALSHA {self.names.get(script.source, 'other')}"] += 1
             return await run(script, keys, args)
 
         scripts.run = counted  # type: ignore[method-assign]
@@ -278,9 +283,10 @@ class CommandCounter:
 
 @dataclass
 class _Request:
-    """One request's limit work, in seconds, or the error that ended it."""
+    """One request's limit work, in seconds, or the error that ended it: `admit_s` on its
+    path before the model is called (the address check included), `finish_s` after its
+    response."""
 
-    check_ip_s: float = 0.0
     admit_s: float = 0.0
     finish_s: float = 0.0
     error: str | None = None
@@ -297,8 +303,8 @@ async def _direct(workdir: Path, store: str, options: BenchOptions) -> dict[str,
     from chatplane.db.engine import Database, create_engine
     from chatplane.errors import ChatplaneError
     from chatplane.gateway.request import parse_request
-    from chatplane.limits import create_limit_stores
-    from chatplane.limits.service import LimitService
+    from chatplane.limits import create_limit_stores, redis_scripts
+    from chatplane.limits.service import AddressCheck, LimitService
     from chatplane.providers.tokens import estimate_prompt_tokens, prompt_tokens_bound
     from chatplane.settings import Settings
 
@@ -319,6 +325,11 @@ async def _direct(workdir: Path, store: str, options: BenchOptions) -> dict[str,
     stores = create_limit_stores(settings)
     timer = StoreTimer()
     counter = CommandCounter() if stores.redis is not None else None
+    if counter is not None:
+        counter.names = {
+            getattr(redis_scripts, name): name
+            for name in ("ADMIT", "FINISH", "RATE_CHECK", "RESERVE", "SETTLE", "BUDGET_STATE")
+        }
     if counter is not None and stores.redis is not None:
         counter.wrap(stores.redis)
         if stores.scripts is not None:
@@ -359,14 +370,13 @@ async def _direct(workdir: Path, store: str, options: BenchOptions) -> dict[str,
             done = _Request()
             started = time.perf_counter()
             try:
-                await service.check_ip(ZONE, CLIENT_IP)
-                checked = time.perf_counter()
                 admission = await service.admit(
                     principal,
                     lease_id=new_id(),
                     zone=ZONE,
                     measure=measure,
                     count_request=True,
+                    address=AddressCheck(ZONE, CLIENT_IP),  # as LimitMiddleware leaves it
                 )
                 admitted = time.perf_counter()
                 await admission.finish(actual_usd)
@@ -374,8 +384,7 @@ async def _direct(workdir: Path, store: str, options: BenchOptions) -> dict[str,
             except ChatplaneError as exc:
                 done.error = exc.code
                 return done
-            done.check_ip_s = checked - started
-            done.admit_s = admitted - checked
+            done.admit_s = admitted - started
             done.finish_s = finished - admitted
             return done
 
@@ -437,6 +446,7 @@ async def _direct_phase(
     ok = [r for r in results if r.error is None]
     errors = Counter(r.error for r in results if r.error is not None)
     sent = sum(commands.values())
+    on_path = sum(n for name, n in commands.items() if name not in AFTER_THE_RESPONSE)
     busy = system_after.busy_s - system_before.busy_s
     return {
         "concurrency": concurrency,
@@ -446,12 +456,13 @@ async def _direct_phase(
         "error_kinds": dict(errors),
         "elapsed_s": round(elapsed, 3),
         "requests_per_s": round(len(ok) / elapsed, 1) if elapsed > 0 else None,
-        # check_ip + admit + finish: everything the limits do for one /v1 request.
-        "request_ms": distribution_ms([r.check_ip_s + r.admit_s + r.finish_s for r in ok]),
-        "admission_ms": distribution_ms([r.admit_s + r.finish_s for r in ok]),
-        "check_ip_ms": distribution_ms([r.check_ip_s for r in ok]),
-        "admit_ms": distribution_ms([r.admit_s for r in ok]),
+        # What a /v1 request waits for before its model is called: the admission, with the
+        # per-address check (one store call).
+        "request_path_ms": distribution_ms([r.admit_s for r in ok]),
+        # After the response's last byte: the slot given back and the budget settled.
         "finish_ms": distribution_ms([r.finish_s for r in ok]),
+        # Both: everything the limits do for one /v1 request.
+        "request_ms": distribution_ms([r.admit_s + r.finish_s for r in ok]),
         "store_ms": {
             name: distribution_ms(timer.samples[name])
             for name in (*STORE_CALLS, *sorted(set(timer.samples) - set(STORE_CALLS)))
@@ -460,6 +471,9 @@ async def _direct_phase(
         "cpu_ms_per_request": round(cpu_s * 1000 / len(ok), 4) if ok else None,
         "redis_round_trips_per_request": (
             round(sent / len(results), 3) if counter is not None and results else None
+        ),
+        "redis_round_trips_on_path_per_request": (
+            round(on_path / len(results), 3) if counter is not None and results else None
         ),
         "redis_commands": dict(commands.most_common()),
         **(

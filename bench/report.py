@@ -177,13 +177,21 @@ def _sse_targets(result: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def _limits_targets(result: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """p99 of everything the limits do for one request (check_ip + admit + finish), on
-    Redis, one request at a time; n/a when Redis was not reachable."""
+    """p99 of what the limits add to a request's path before its model is called (`admit`
+    with the per-address check: one store call), on Redis, one request at a time; the
+    `finish` after the response's last byte is in the note. n/a when Redis was not
+    reachable."""
     redis = result["limits"]["direct"].get("redis")
-    measured = redis["sequential"]["request_ms"]["p99"] if redis else None
-    note = "check_ip + admit + finish, sequential, Redis on loopback"
+    measured = redis["sequential"]["request_path_ms"]["p99"] if redis else None
+    note = (
+        "request path: admit incl. the per-address check (rates, slots, budget reservation; "
+        "1 round trip), sequential, Redis on loopback"
+    )
     if redis is None:
         note += f"; skipped: {result['limits']['redis_skipped']}"
+    else:
+        finish = redis["sequential"]["finish_ms"]["p99"]
+        note += f"; finish after the response's last byte (not on the path): p99 {finish} ms"
     return [_target("limits_request_p99_ms_redis", TARGET_LIMITS_P99_MS, measured, note)]
 
 

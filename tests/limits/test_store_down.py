@@ -16,7 +16,7 @@ from chatplane.db.engine import Database, create_engine
 from chatplane.errors import ServiceUnavailable
 from chatplane.limits.models import Budget
 from chatplane.limits.redis_stores import redis_limit_stores
-from chatplane.limits.service import LimitService
+from chatplane.limits.service import AddressCheck, LimitService
 from chatplane.observability.metrics import REDIS_ERRORS
 from tests.conftest import make_settings
 
@@ -98,3 +98,26 @@ async def test_budgets_fail_closed_in_every_zone(service: LimitService) -> None:
     with pytest.raises(ServiceUnavailable) as refused:
         await admit(service, who, "gateway")
     assert refused.value.code == "limits_unavailable"
+
+
+async def test_an_admission_with_its_address_fails_as_one_call(service: LimitService) -> None:
+    """The address counted in the admission: one failure, the zone's answer, and nothing
+    left for the middleware to check when the response starts."""
+    who = principal("u-open", "t-open")
+    before = errors()
+    address = AddressCheck("gateway", "10.0.0.2")
+    with pytest.raises(ServiceUnavailable) as refused:
+        await service.admit(
+            who,
+            lease_id="lease-address",
+            zone="gateway",
+            measure=small_call,
+            count_request=True,
+            address=address,
+        )
+    assert refused.value.code == "limits_unavailable"
+    assert address.taken
+    assert errors() == before + 1
+    through = AddressCheck("chat", "10.0.0.2")
+    assert await service.check_requests(who, "chat", address=through) is None  # open zone
+    assert through.taken

@@ -48,6 +48,7 @@ from chatplane.knowledge.citations import resolve_citations
 from chatplane.knowledge.prompt import GivenPassage
 from chatplane.knowledge.retrieval import retrieve
 from chatplane.knowledge.service import retrieval_prompt_bound
+from chatplane.limits.middleware import pending_address
 from chatplane.limits.service import Admission, remember
 from chatplane.observability import metrics
 from chatplane.ops.drain import Drain
@@ -117,10 +118,15 @@ async def _abort_on_disconnect(receive: Receive, work: Awaitable[None]) -> None:
 
 
 async def _admit(
-    services: Services, principal: Principal, request: GatewayRequest, route: ModelRoute
+    services: Services,
+    principal: Principal,
+    request: GatewayRequest,
+    route: ModelRoute,
+    scope: Scope,
 ) -> Admission:
     """Requests and tokens per minute, a concurrency slot, and a budget reservation of the
-    worst case: the prompt's token bound and every token the reply may have."""
+    worst case: the prompt's token bound and every token the reply may have; with the
+    per-address check `LimitMiddleware` left to it, in the same store call."""
 
     async def measure() -> tuple[int, float]:
         settings = services.settings
@@ -136,7 +142,12 @@ async def _admit(
         return estimate + max_out, worst
 
     return await services.limits.admit(
-        principal, lease_id=new_id(), zone="gateway", measure=measure, count_request=True
+        principal,
+        lease_id=new_id(),
+        zone="gateway",
+        measure=measure,
+        count_request=True,
+        address=pending_address(scope),
     )
 
 
@@ -160,7 +171,7 @@ class ChatCompletions:
                     await _answer_from_cache(services, principal, request, route, cached, scope)
                     await _send_cached(send, request, cached)
                     return
-            admission = await _admit(services, principal, request, route)
+            admission = await _admit(services, principal, request, route, scope)
         except ChatplaneError as exc:
             await _send_error(scope, receive, send, exc)
             return
@@ -216,7 +227,7 @@ async def _answer_from_cache(
     is recorded at zero cost, marked cached."""
     remember(
         scope.setdefault("state", {}),
-        await services.limits.check_requests(principal, "gateway"),
+        await services.limits.check_requests(principal, "gateway", address=pending_address(scope)),
     )
     services.usage.record(
         tenant_id=principal.tenant_id,

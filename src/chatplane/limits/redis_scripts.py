@@ -50,10 +50,12 @@ end
 -- Every rule's GCRA step, without writes. A key named twice sees its first use.
 local function rates_check(keys, args, now)
   local r = {keys = keys, args = args, now = now, levels = {}, steps = {}, taken = true}
+  local stored = {}
+  if #keys > 0 then stored = redis.call('MGET', unpack(keys)) end
   for i, key in ipairs(keys) do
     local limit, period, cost = args[3 * i - 2], args[3 * i - 1], args[3 * i]
     local level = r.levels[key]
-    if level == nil then level = math.max(0, tonumber(redis.call('GET', key) or now) - now) end
+    if level == nil then level = math.max(0, tonumber(stored[i] or now) - now) end
     local after = level + cost * period / limit
     local allowed, retry = 1, 0
     if cost <= limit and after <= period + 1e-3 then
@@ -111,31 +113,42 @@ local function slots_commit(record, lease, keys, ttl, now_ms)
     redis.call('ZREMRANGEBYSCORE', key, '-inf', now_ms)
     redis.call('ZADD', key, int(now_ms + ttl), lease)
     extend(key, ttl)
-    redis.call('SADD', record, key)
   end
-  if #keys > 0 then redis.call('PEXPIRE', record, int(ttl)) end
+  if #keys > 0 then
+    redis.call('SADD', record, unpack(keys))
+    redis.call('PEXPIRE', record, int(ttl))
+  end
 end
--- Frees the lease's slots in every set its record or `known` names.
+-- Frees the lease's slots in every set its record or `known` names (each set once).
 local function slots_release(record, lease, known)
-  for _, slots in ipairs(redis.call('SMEMBERS', record)) do redis.call('ZREM', slots, lease) end
-  for _, slots in ipairs(known) do redis.call('ZREM', slots, lease) end
+  local freed = {}
+  for _, slots in ipairs(redis.call('SMEMBERS', record)) do
+    redis.call('ZREM', slots, lease)
+    freed[slots] = true
+  end
+  for _, slots in ipairs(known) do
+    if not freed[slots] then redis.call('ZREM', slots, lease) end
+  end
   redis.call('DEL', record)
 end
 
 -- Budgets --------------------------------------------------------------------------------
--- What B's live reservations hold (the expired ones left out), without writes.
+-- What B's live reservations hold (the expired ones left out), and the ids of the expired
+-- ones, without writes.
 local function budget_reserved(b, now_ms)
   local amounts = b .. ':amounts'
   local total = tonumber(redis.call('HGET', amounts, 'total') or 0)
-  for _, id in ipairs(redis.call('ZRANGEBYSCORE', b .. ':held', '-inf', now_ms)) do
+  local expired = redis.call('ZRANGEBYSCORE', b .. ':held', '-inf', now_ms)
+  for _, id in ipairs(expired) do
     total = total - tonumber(redis.call('HGET', amounts, 'r:' .. id) or 0)
   end
-  return total
+  return total, expired
 end
--- Drop B's expired reservations from its total.
-local function drop_expired(b, now_ms)
+-- Drop B's expired reservations (`expired`, when the caller looked them up in this call
+-- already) from its total.
+local function drop_expired(b, now_ms, expired)
   local held, amounts = b .. ':held', b .. ':amounts'
-  local expired = redis.call('ZRANGEBYSCORE', held, '-inf', now_ms)
+  expired = expired or redis.call('ZRANGEBYSCORE', held, '-inf', now_ms)
   if #expired == 0 then return end
   local total = 0
   for _, id in ipairs(expired) do
@@ -151,30 +164,32 @@ local function drop_expired(b, now_ms)
 end
 -- spent_keys: B:spent per rule. Without writes, one of: {held = true} (the record exists:
 -- held or settled before, nothing more to hold), {unseeded = {rules (1-based)...}},
--- {refused = {rule (1-based), spent, reserved}}, or {budgets = {B per rule}} (it fits).
+-- {refused = {rule (1-based), spent, reserved}}, or {budgets = {B per rule}, expired =
+-- {B's expired reservation ids per rule}} (it fits).
 local function budgets_check(record, spent_keys, limits, amount, now_ms)
   if redis.call('EXISTS', record) == 1 then return {held = true} end
-  local budgets, unseeded = {}, {}
+  local budgets, spent, unseeded, expired = {}, {}, {}, {}
   for i, spent_key in ipairs(spent_keys) do
     budgets[i] = string.sub(spent_key, 1, -7)  -- without ':spent'
-    if redis.call('EXISTS', spent_key) == 0 then unseeded[#unseeded + 1] = i end
+    local value = redis.call('GET', spent_key)
+    if value then spent[i] = tonumber(value) else unseeded[#unseeded + 1] = i end
   end
   if #unseeded > 0 then return {unseeded = unseeded} end
-  for i, spent_key in ipairs(spent_keys) do
-    local spent = tonumber(redis.call('GET', spent_key))
-    local held = budget_reserved(budgets[i], now_ms)
-    if spent + held + amount > limits[i] then return {refused = {i, spent, held}} end
+  for i = 1, #spent_keys do
+    local held
+    held, expired[i] = budget_reserved(budgets[i], now_ms)
+    if spent[i] + held + amount > limits[i] then return {refused = {i, spent[i], held}} end
   end
-  return {budgets = budgets}
+  return {budgets = budgets, expired = expired}
 end
 local function budgets_commit(check, record, id, amount, ttl, now_ms)
   if check.held then return end
   local seen, keys = {}, {}
-  for _, b in ipairs(check.budgets) do
+  for i, b in ipairs(check.budgets) do
     if not seen[b] then
       seen[b] = true
       keys[#keys + 1] = b
-      drop_expired(b, now_ms)
+      drop_expired(b, now_ms, check.expired[i])
       redis.call('ZADD', b .. ':held', int(now_ms + ttl), id)
       redis.call('HSET', b .. ':amounts', 'r:' .. id, int(amount))
       redis.call('HINCRBY', b .. ':amounts', 'total', int(amount))

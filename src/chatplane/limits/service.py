@@ -65,6 +65,9 @@ LIMIT_FIELDS = (
 Measure = Callable[[], Awaitable[tuple[int, float]]]
 # Where the state of the request's limits is kept for the headers (see LimitMiddleware).
 STATE_KEY = "chatplane.ratelimit"
+# The routes whose handler takes the per-address check into its admission (or, for a
+# gateway cache hit, into its requests/minute check): one store call instead of two.
+ADMITTING_ROUTES = frozenset({("POST", "/v1/chat/completions")})
 
 
 def zone_of(path: str, method: str) -> str | None:
@@ -80,6 +83,19 @@ def zone_of(path: str, method: str) -> str | None:
     if path.startswith("/api/kb/") and method == "POST" and path.endswith("/documents"):
         return "upload"
     return "chat"
+
+
+@dataclass(slots=True)
+class AddressCheck:
+    """A request's per-address check, left by `LimitMiddleware` to a route that admits
+    (`ADMITTING_ROUTES`): the admission counts it in the same store call, under the
+    caller's tenant partition (so the call stays on one Redis Cluster slot). `taken` once a
+    store call has been made for it; a response that starts while it is not gets the
+    ordinary check (in the address's own partition) first."""
+
+    zone: str
+    ip: str
+    taken: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,6 +278,7 @@ class LimitService:
         self._loading: dict[str, asyncio.Future[TenantPolicy]] = {}
         self._now = now
         self._fail_open = frozenset(settings.limits_fail_open_zones)
+        self._defaults = self.defaults()  # read from the settings once, not per request
 
     # Policies ------------------------------------------------------------------------------
 
@@ -349,7 +366,7 @@ class LimitService:
         }
 
     def effective(self, policy: TenantPolicy, api_key_id: str | None) -> EffectiveLimits:
-        defaults = self.defaults()
+        defaults = self._defaults
 
         def pick(name: str) -> int:
             value = policy.overrides.get(name)
@@ -387,18 +404,36 @@ class LimitService:
                 )
         return rules
 
-    async def check_ip(self, zone: str, ip: str) -> RateDecision | None:
-        """The per-address limit of a zone; raises TooManyRequests when over it."""
+    def _address_rule(self, zone: str, ip: str) -> RateRule | None:
         limit = self.settings.rate_limit_ip_zones.get(zone, self.settings.rate_limit_ip_rpm)
         if limit <= 0:
             return None
-        rule = RateRule(f"ip:{zone}:{ip}", limit, MINUTE_S, 1, "ip")
+        return RateRule(f"ip:{zone}:{ip}", limit, MINUTE_S, 1, "ip")
+
+    def _take_address(self, address: AddressCheck | None) -> list[RateRule]:
+        """The address rule to count with the caller's own rules (marked taken: the store
+        call that follows counts it, or fails for all of them)."""
+        if address is None or address.taken:
+            return []
+        address.taken = True
+        rule = self._address_rule(address.zone, address.ip)
+        return [rule] if rule is not None else []
+
+    async def check_ip(self, zone: str, ip: str) -> RateDecision | None:
+        """The per-address limit of a zone; raises TooManyRequests when over it."""
+        rule = self._address_rule(zone, ip)
+        if rule is None:
+            return None
         return await self._check("ip", [rule], zone)
 
-    async def check_requests(self, principal: Principal, zone: str) -> RateDecision | None:
-        """One more request by this principal (key, user and tenant requests/minute)."""
+    async def check_requests(
+        self, principal: Principal, zone: str, *, address: AddressCheck | None = None
+    ) -> RateDecision | None:
+        """One more request by this principal (key, user and tenant requests/minute), and
+        the request's `address` check when one is left to it, in one store call."""
         limits = self.effective(await self.policy(principal.tenant_id), principal.api_key_id)
         rules = self._rate_rules(principal, limits, requests=True, tokens=0)
+        rules += self._take_address(address)
         return await self._check(principal.tenant_id, rules, zone) if rules else None
 
     async def _check(
@@ -435,12 +470,14 @@ class LimitService:
         measure: Measure,
         count_request: bool,
         concurrent: bool = True,
+        address: AddressCheck | None = None,
     ) -> Admission:
         """Rate (requests and tokens), a concurrency slot, and a budget reservation of the
         worst-case cost, all or nothing, in one step of the limit stores: a refused
-        request takes nothing. `measure` is awaited only when a tokens/minute limit or a
-        budget applies. `Admission.finish(actual)` gives back the slot and settles the
-        reservation when the call ends, however it ends."""
+        request takes nothing. With `address`, the request's per-address limit is one more
+        rate rule of that step (under the tenant's partition). `measure` is awaited only
+        when a tokens/minute limit or a budget applies. `Admission.finish(actual)` gives
+        back the slot and settles the reservation when the call ends, however it ends."""
         policy = await self.policy(principal.tenant_id)
         limits = self.effective(policy, principal.api_key_id)
         admission = Admission(self, principal.tenant_id, lease_id)
@@ -449,6 +486,7 @@ class LimitService:
         if checks or _counts_tokens(principal, limits):
             tokens, worst_cost_usd = await measure()
         rates = self._rate_rules(principal, limits, requests=count_request, tokens=tokens)
+        rates += self._take_address(address)
         slots = self._slot_rules(principal, limits) if concurrent else []
         budgets = [check.rule for check in checks]
         if not (rates or slots or budgets):
@@ -716,8 +754,10 @@ def _count_store_error(kind: str) -> None:
 
 
 __all__ = [
+    "ADMITTING_ROUTES",
     "STATE_KEY",
     "ZONES",
+    "AddressCheck",
     "Admission",
     "BudgetPeriod",
     "EffectiveLimits",
