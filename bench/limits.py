@@ -35,12 +35,12 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import redis.asyncio as aioredis
 
-from bench.clients import PROMPT, ChatCompletionStream
+from bench.clients import PROMPT
 from bench.loadgen import RequestFn
 from bench.procs import ManagedProcess, system_cpu
 from bench.scaled import REDIS_URL, delete_redis_prefix, redis_reachable
-from bench.server import BENCH_EMAIL, BENCH_PASSWORD, ChatplaneServer, ServerConfig
-from bench.stats import distribution_ms
+from bench.server import BENCH_EMAIL, BENCH_PASSWORD, serving_v1
+from bench.stats import distribution_ms, run_difference
 
 if TYPE_CHECKING:
     from bench.scenarios import BenchOptions
@@ -59,6 +59,8 @@ if TYPE_CHECKING:
     from chatplane.limits.redis import LimitScript, ScriptRunner
 
 LIMITS = "limits"
+# On Redis, what the limits add also shows in these numbers of its runs.
+REDIS_ADDED = ("redis_server_cpu_ms_per_request", "redis_scripts_per_request")
 STORES = ("memory", "redis")
 MODEL = "mock"
 # The mock's price (USD per million prompt and completion tokens), on and off alike, so a
@@ -115,7 +117,7 @@ async def measure_limits(
             runs[name], servers[name] = await _end_to_end(
                 workdir / name, name, store=store, limits=limits, options=options, measure=measure
             )
-        added[store] = _added(runs[f"{store}-on"], runs[f"{store}-off"])
+        added[store] = run_difference(runs[f"{store}-on"], runs[f"{store}-off"], extra=REDIS_ADDED)
     return {
         "server": {
             "shape": "embedded: one uvicorn process, SQLite; its limit stores in-process or "
@@ -308,7 +310,6 @@ async def _direct(workdir: Path, store: str, options: BenchOptions) -> dict[str,
     from chatplane.providers.tokens import estimate_prompt_tokens, prompt_tokens_bound
     from chatplane.settings import Settings
 
-    await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
     prefix = f"chatplane-bench-limits-{uuid.uuid4().hex[:12]}"
     settings = Settings(
         _env_file=None,  # type: ignore[call-arg]
@@ -560,65 +561,30 @@ async def _end_to_end(
     measure: MeasureFn,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """One `serve` with this store and the limits on or off, loaded like `v1-mock`."""
-    await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
     prefix = f"chatplane-bench-limits-{uuid.uuid4().hex[:12]}"
     env = {"CHATPLANE_MODEL_PRICES": orjson.dumps({MODEL: MOCK_PRICE}).decode()}
     if store == "redis":
         env |= {"CHATPLANE_REDIS_URL": REDIS_URL, "CHATPLANE_REDIS_PREFIX": prefix}
     if limits == "on":
         env |= {f"CHATPLANE_{key.upper()}": str(value) for key, value in GENEROUS_LIMITS.items()}
-    config = ServerConfig(
-        chunks=options.chunks,
-        ttft_ms=options.ttft_ms,
-        chunk_delay_ms=options.chunk_delay_ms,
-        extra_env=tuple(env.items()),
-        key_budget_usd=KEY_BUDGET_USD if limits == "on" else None,
-    )
-    server = ChatplaneServer(workdir, config)
+    budget = KEY_BUDGET_USD if limits == "on" else None
     try:
-        startup = await server.start(idle_settle_s=options.idle_settle_s)
-        client = ChatCompletionStream(
-            server.base_url + "/v1",
-            model=MODEL,
-            api_key=server.api_key,
-            expected_chunks=options.chunks,
-        )
-        redis_before = await _redis_server() if store == "redis" else None
-        run = await measure(LIMITS, name, client, options, {"chatplane": server.process})
-        redis_after = await _redis_server() if redis_before is not None else None
+        async with serving_v1(
+            workdir, options, model=MODEL, extra_env=env, key_budget_usd=budget
+        ) as target:
+            redis_before = await _redis_server() if store == "redis" else None
+            run = await measure(LIMITS, name, target.client, options, target.processes)
+            redis_after = await _redis_server() if redis_before is not None else None
         if redis_before is not None and redis_after is not None:
             # Over the warm-up too: the counters cannot be read when the measured part starts.
             run.update(redis_before.per_request(redis_after, options.warmup + run["requests"]))
         described = {
-            "pid": server.pid,
+            **target.described(),
             "store": store,
             "limits": limits,
             "redis_prefix": prefix if store == "redis" else None,
-            "ready_s": round(startup.ready_s, 3),
-            "idle_rss_mb": round(startup.idle_rss_kib / KIB_PER_MB, 1),
         }
         return run, described
     finally:
-        await server.stop()
         if store == "redis":
             await delete_redis_prefix(prefix)
-
-
-def _added(on: Mapping[str, Any], off: Mapping[str, Any]) -> dict[str, Any]:
-    """What turning the limits on changed: on minus off."""
-
-    def minus(a: float | None, b: float | None) -> float | None:
-        return None if a is None or b is None else round(a - b, 4)
-
-    added: dict[str, Any] = {
-        f"{metric}_{p}": minus(on[metric][p], off[metric][p])
-        for metric in ("total_ms", "ttft_ms")
-        for p in ("p50", "p99")
-    }
-    added["cpu_ms_per_request"] = minus(
-        on["cpu_ms_per_request"]["chatplane"], off["cpu_ms_per_request"]["chatplane"]
-    )
-    for key in ("redis_server_cpu_ms_per_request", "redis_scripts_per_request"):
-        if key in on:
-            added[key] = minus(on.get(key), off.get(key))
-    return added
