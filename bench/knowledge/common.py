@@ -34,6 +34,8 @@ QUALITY_TOP_K = 30
 FILLER_CHUNKS_PER_DOCUMENT = 10
 BULK_ROWS = 2000
 VECTOR_SEED = 20261202
+# Gaussian noise per dimension added to a real vector for each filler copy of its text.
+FILLER_NOISE = 0.02
 PG_DATABASE_PREFIX = "chatplane_bench_kb_"
 BENCH_TENANT = "bench-knowledge"
 BENCH_EMAIL = "bench-knowledge@example.com"

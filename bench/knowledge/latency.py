@@ -21,6 +21,9 @@ from bench.procs import system_cpu
 from bench.stats import distribution_ms
 
 if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
     from chatplane.knowledge.embedders import Embedder
     from chatplane.knowledge.index import KnowledgeIndex
 
@@ -116,9 +119,58 @@ async def query_embedding_ms(embedder: Embedder, queries: Sequence[str]) -> dict
     samples = []
     for query in queries:
         started = time.perf_counter()
-        await embedder.embed([query])
+        await embedder.embed_query(query)
         samples.append(time.perf_counter() - started)
     return distribution_ms(samples)
+
+
+async def vector_parts(
+    index: KnowledgeIndex,
+    embedder: Embedder,
+    owner: Owner,
+    kb_id: str,
+    queries: Sequence[str],
+    top_k: int,
+) -> dict[str, Any]:
+    """The vector half of a hybrid search on its own, with the queries embedded beforehand:
+    the index's search (binary codes and exact rescoring from BINARY_MIN_ROWS rows, else
+    exact) against an exact product over the same matrix, and how much of the exact list
+    the index's list holds (`recall`, over the `pool` candidates hybrid fuses)."""
+    import numpy as np
+    from sqlalchemy import select
+
+    from chatplane.knowledge.index import CANDIDATES_PER_RESULT, MIN_CANDIDATES
+    from chatplane.knowledge.models import KnowledgeBase
+
+    pool = max(top_k * CANDIDATES_PER_RESULT, MIN_CANDIDATES)
+    async with index.db.session() as session:
+        version = await session.scalar(
+            select(KnowledgeBase.updated_at).where(KnowledgeBase.id == kb_id)
+        )
+        matrix = await index.vectors.matrix(
+            session, tenant_id=owner.tenant_id, kb_id=kb_id, model=embedder.model, version=version
+        )
+    vectors = [await embedder.embed_query(query) for query in queries]
+    indexed, exact, recalls = [], [], []
+    for vector in vectors:
+        started = time.perf_counter()
+        found = await index.vectors.search([matrix], vector, pool)
+        indexed.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        scores = matrix.matrix @ vector
+        best = np.argpartition(-scores, pool - 1)[:pool] if pool < len(scores) else None
+        exact.append(time.perf_counter() - started)
+        truth = set(matrix.chunk_ids.tolist() if best is None else matrix.chunk_ids[best].tolist())
+        recalls.append(len(truth & {chunk_id for chunk_id, _ in found}) / max(1, len(truth)))
+    return {
+        "rows": len(matrix.chunk_ids),
+        "binary_codes": matrix.codes is not None,
+        "pool": pool,
+        "search_ms": distribution_ms(indexed),
+        "exact_ms": distribution_ms(exact),
+        "recall": round(float(np.mean(recalls)), 4) if recalls else None,
+        "recall_min": round(float(np.min(recalls)), 4) if recalls else None,
+    }
 
 
 async def measure_latency(
@@ -139,9 +191,9 @@ async def measure_latency(
     )
     sample_chunks = total
     texts = [
-        (draft.heading, draft.text, draft.tokens)
-        for drafts in ingested.drafts.values()
-        for draft in drafts
+        (draft.heading, draft.text, draft.tokens, _vector_of(ingested, source, row))
+        for source, drafts in ingested.drafts.items()
+        for row, draft in enumerate(drafts)
     ]
     filler = Filler(shape, owner, kb_id, texts, embedder)
     sizes: dict[str, Any] = {}
@@ -159,10 +211,20 @@ async def measure_latency(
         }
         for mode, index in indexes.items():
             cell[mode] = await time_searches(index, owner, kb_id, queries, options)
-        if embedder is None:
+        if embedder is not None:
+            cell[HYBRID]["vector"] = await vector_parts(
+                indexes[HYBRID], embedder, owner, kb_id, queries, options.top_k
+            )
+        else:
             cell[HYBRID] = {"skipped": "no embedder"}
         sizes[str(size)] = cell
     return {"sample_chunks": sample_chunks, "sizes": sizes}
+
+
+def _vector_of(ingested: Ingested, source: str, row: int) -> npt.NDArray[np.float32] | None:
+    """The real vector of a docstring's chunk, when the ingestion embedded it."""
+    embedded = ingested.vectors.get(source)
+    return None if embedded is None else embedded.vectors[row]
 
 
 # The scenario ----------------------------------------------------------------------------

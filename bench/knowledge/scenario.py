@@ -9,7 +9,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.knowledge.common import DOCSTRINGS, LEXICAL, MODULE_PAGES, VECTOR_SEED, KnowledgeOptions
+from bench.knowledge.common import (
+    DOCSTRINGS,
+    FILLER_NOISE,
+    LEXICAL,
+    MODULE_PAGES,
+    VECTOR_SEED,
+    KnowledgeOptions,
+)
 from bench.knowledge.corpus import (
     Docstring,
     Judgements,
@@ -42,9 +49,11 @@ def embedder_label(setting: str) -> str:
 
 VECTORS_NOTE = (
     "latency: a sample of documents is written with write_document and their real vectors; "
-    "every other chunk row is a bulk insert of the corpus' chunk texts again, with a random "
-    "unit vector (float32, the model's dimension, seed {seed}) under the model's name. Search "
-    "latency does not depend on the vector values; quality uses only real vectors."
+    "every other chunk row is a bulk insert of the corpus' chunk texts again, each with its "
+    "text's real vector plus Gaussian noise ({noise} per dimension, seed {seed}), normalised, "
+    "under the model's name (near copies: clustered like real text, so the recall of the "
+    "binary-code vector search against the exact one means something at every size); "
+    "quality uses only real vectors."
 )
 
 
@@ -81,7 +90,7 @@ async def measure_knowledge(workdir: Path, options: KnowledgeOptions) -> dict[st
         },
         "embedder": {"setting": options.embedder, "model": None, "dim": None, "skipped": None},
         "shapes_skipped": {},
-        "vectors": VECTORS_NOTE.format(seed=VECTOR_SEED),
+        "vectors": VECTORS_NOTE.format(seed=VECTOR_SEED, noise=FILLER_NOISE),
         "ingestion": {},
         "latency": {},
         "quality": {},

@@ -72,6 +72,15 @@ def knowledge_lines(result: Mapping[str, Any]) -> list[str]:
                     f"{name:>40} {row['ms']['p50']:>8.2f} {row['ms']['p99']:>8.2f} "
                     f"{row['first_ms']:>8.1f} {row['searches']:>5}"
                 )
+                vector = row.get("vector")
+                if vector is not None:
+                    kind = "binary+rescore" if vector["binary_codes"] else "exact"
+                    lines.append(
+                        f"{f'{shape} {size} vector half ({kind})':>40} "
+                        f"{vector['search_ms']['p50']:>8.2f} {vector['search_ms']['p99']:>8.2f} "
+                        f"exact {vector['exact_ms']['p50']:.2f}/{vector['exact_ms']['p99']:.2f} "
+                        f"recall@{vector['pool']} {vector['recall']}"
+                    )
     recall, ndcg = f"recall@{RECALL_K}", f"ndcg@{NDCG_K}"
     lines.append(f"{'quality':>40} {recall:>9} {ndcg:>8}")
     for shape, modes in block["quality"].items():

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import importlib
 import json
 import sys
 import zlib
@@ -133,6 +135,10 @@ async def test_openai_embeds_in_batches_with_unit_rows_in_input_order(
     assert {r.headers["authorization"] for r in upstream.requests} == {"Bearer sk-embed"}
     assert len(await embedder.embed([])) == 0
     assert len(upstream.requests) == 3
+    query = await embedder.embed_query("zeta")
+    assert query.shape == (8,)
+    assert np.allclose(query, unit(raw_vector("zeta", 8)), atol=1e-6)
+    assert upstream.requests[-1].json["input"] == ["zeta"]
 
 
 async def test_create_embedder_reads_the_settings(
@@ -270,4 +276,18 @@ async def test_the_packaged_local_model_embeds_by_meaning(
     assert similar > unrelated + 0.3
     again = await embedder.embed(["The cat sits on the mat."])
     assert np.allclose(again[0], vectors[0], atol=1e-5)
+    # A query: the same vector, from a thread of its own running one torch thread, also
+    # while a batch runs in the shared pool (and the batch is unchanged by it).
+    batch = asyncio.create_task(embedder.embed(["A kitten is resting on a rug."] * 64))
+    query = await embedder.embed_query("The cat sits on the mat.")
+    assert query.shape == (384,)
+    assert np.allclose(query, vectors[0], atol=1e-5)
+    assert np.allclose((await batch)[0], vectors[1], atol=1e-5)
+    assert isinstance(embedder, LocalEmbedder)
+    queries = embedder._queries
+    assert queries is not None
+    torch: Any = importlib.import_module("torch")
+    loop = asyncio.get_running_loop()
+    assert await loop.run_in_executor(queries, torch.get_num_threads) == 1
     await embedder.close()
+    assert embedder._queries is None

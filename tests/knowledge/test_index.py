@@ -23,12 +23,13 @@ from chatplane.db import migrate
 from chatplane.db.engine import Database, create_engine
 from chatplane.knowledge import index as index_module
 from chatplane.knowledge import lexical as lexical_module
+from chatplane.knowledge import vectors as vectors_module
 from chatplane.knowledge.chunking import ChunkDraft
 from chatplane.knowledge.embedders import normalize_rows
 from chatplane.knowledge.index import EmbeddedChunks, KnowledgeIndex, SearchResult
 from chatplane.knowledge.lexical import query_terms
 from chatplane.knowledge.models import Chunk, ChunkVector, Document, KnowledgeBase
-from chatplane.knowledge.vectors import KbMatrix, reciprocal_rank_fusion
+from chatplane.knowledge.vectors import KbMatrix, VectorIndex, reciprocal_rank_fusion
 from tests.conftest import RUN_ID, make_settings, postgres_database
 
 CONCEPTS = {"car": "vehicle", "automobile": "vehicle", "vehicle": "vehicle"}
@@ -63,6 +64,10 @@ class BagOfWordsEmbedder:
                 token = CONCEPTS.get(word, word)
                 matrix[row, zlib.crc32(f"{self.model}/{token}".encode()) % self.dim] += 1.0
         return normalize_rows(matrix)
+
+    async def embed_query(self, text: str) -> Vectors:
+        vectors = await self.embed([text])
+        return vectors[0]
 
     async def close(self) -> None:
         pass
@@ -196,9 +201,21 @@ def embedder() -> BagOfWordsEmbedder:
     return BagOfWordsEmbedder()
 
 
-@pytest.fixture
-def hybrid(db: Database, embedder: BagOfWordsEmbedder) -> KnowledgeIndex:
-    return KnowledgeIndex(db, embedder)
+@pytest.fixture(params=["exact", "binary"])
+def hybrid(
+    request: pytest.FixtureRequest, db: Database, embedder: BagOfWordsEmbedder
+) -> KnowledgeIndex:
+    """A hybrid index whose vector search is exact, or goes through binary codes and exact
+    rescoring at every size (the candidate selection itself is tested in test_vectors)."""
+    if request.param == "exact":
+        return KnowledgeIndex(db, embedder)
+    return KnowledgeIndex(db, embedder, vectors=VectorIndex(binary_min_rows=1))
+
+
+def same_kind(index: KnowledgeIndex) -> KnowledgeIndex:
+    """A fresh index (nothing cached) that searches vectors the way `index` does."""
+    vectors = VectorIndex(binary_min_rows=index.vectors.binary_min_rows)
+    return KnowledgeIndex(index.db, index.embedder, vectors=vectors)
 
 
 async def test_search_finds_the_passage_with_its_place(
@@ -723,6 +740,11 @@ async def _matrix_of(index: KnowledgeIndex, tenancy: Tenancy, kb_id: str) -> KbM
 def _same_matrix(refreshed: KbMatrix, loaded: KbMatrix) -> None:
     assert refreshed.chunk_ids.tolist() == loaded.chunk_ids.tolist()
     np.testing.assert_array_equal(refreshed.matrix, loaded.matrix)
+    if loaded.codes is None:
+        assert refreshed.codes is None
+    else:
+        assert refreshed.codes is not None
+        np.testing.assert_array_equal(refreshed.codes, loaded.codes)
     documents = {code: name for name, code in refreshed.documents.items()}
     loaded_documents = {code: name for name, code in loaded.documents.items()}
     assert [documents[c] for c in refreshed.document_codes.tolist()] == [
@@ -760,7 +782,7 @@ async def test_a_write_refreshes_the_cached_vectors_without_a_full_load(
     assert {p.document_id for p in only_volcanoes.passages} == {volcanoes}
     _same_matrix(
         await _matrix_of(hybrid, tenancy, kb),
-        await _matrix_of(KnowledgeIndex(db, embedder), tenancy, kb),
+        await _matrix_of(same_kind(hybrid), tenancy, kb),
     )
 
 
@@ -780,4 +802,35 @@ async def test_an_older_chunk_gaining_a_vector_reloads_the_matrix(
     after = await _matrix_of(hybrid, tenancy, kb)
     assert len(after.chunk_ids) == 2
     assert (hybrid.vectors.loads, hybrid.vectors.refreshes) == (loads + 1, 0)
-    _same_matrix(after, await _matrix_of(KnowledgeIndex(db, embedder), tenancy, kb))
+    _same_matrix(after, await _matrix_of(same_kind(hybrid), tenancy, kb))
+
+
+@pytest.mark.parametrize("quiet_chunks", [2, 30])
+async def test_binary_candidates_keep_the_document_filter_inside_the_search(
+    tenancy: Tenancy,
+    embedder: BagOfWordsEmbedder,
+    monkeypatch: pytest.MonkeyPatch,
+    quiet_chunks: int,
+) -> None:
+    """With binary codes and fewer candidates than rows, a search filtered to one document
+    answers from that document even when every other row is nearer the query: the filter
+    masks rows before the candidates are chosen (with 30 chunks, more than the candidates)."""
+    monkeypatch.setattr(vectors_module, "RESCORE_MIN", 4)
+    monkeypatch.setattr(vectors_module, "RESCORE_PER_RESULT", 1)
+    index = KnowledgeIndex(tenancy.db, embedder, vectors=VectorIndex(binary_min_rows=1))
+    kb = await tenancy.kb(embedder.model)
+    await tenancy.document(index, kb, *[f"Comet sighting number {i}." for i in range(60)])
+    quiet = await tenancy.document(
+        index, kb, *[f"Lighthouse keeper log entry {i}." for i in range(quiet_chunks)]
+    )
+    result = await index.search(
+        tenant_id=tenancy.tenant_id,
+        kb_ids=[kb],
+        query="comet sighting",
+        top_k=2,
+        document_ids=[quiet],
+    )
+    assert result.mode == "hybrid"
+    assert len(result.passages) == 2
+    assert {p.document_id for p in result.passages} == {quiet}
+    assert index.vectors.loads == 1

@@ -12,7 +12,11 @@
   directory. Nothing is ever downloaded at run time.
 
 `Embedder.embed` returns a numpy array of shape (len(texts), dim), dtype float32, each row
-of unit length (so a dot product is the cosine similarity).
+of unit length (so a dot product is the cosine similarity); `Embedder.embed_query` one such
+row for a search query. The local embedder runs queries on a thread of their own with one
+torch thread: a query is one short text, where more threads only add tail latency (the
+whole model fits a core), and it never waits behind an ingestion batch in the shared
+thread pool; batches keep torch's default number of threads.
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ import asyncio
 import importlib
 import importlib.util
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import orjson
 
@@ -76,6 +81,10 @@ class Embedder(Protocol):
 
     async def embed(self, texts: Sequence[str]) -> Vectors:
         """Shape (len(texts), dim), float32, rows L2-normalised; raises EmbeddingFailed."""
+        ...
+
+    async def embed_query(self, text: str) -> Vectors:
+        """One search query's vector, shape (dim,); raises EmbeddingFailed."""
         ...
 
     async def close(self) -> None: ...
@@ -172,6 +181,10 @@ class OpenAIEmbedder:
             tasks = [group.create_task(one(batch)) for batch in batches]
         return self._checked(np.concatenate([task.result() for task in tasks]))
 
+    async def embed_query(self, text: str) -> Vectors:
+        vectors = await self.embed([text])
+        return cast("Vectors", vectors[0])
+
     async def close(self) -> None:
         """Nothing to do: the HTTP session is the process's, closed by its owner."""
 
@@ -260,9 +273,27 @@ def resolve_local_model(name: str) -> tuple[str, Path]:
     return canonical, Path(locations[0]) / "model"
 
 
+# torch's own number of intra-op threads, read before this module first changes it.
+_torch_threads: int | None = None
+
+
+def _set_torch_threads(count: int | None) -> None:
+    """Set torch's intra-op threads for the calling thread (OpenMP keeps the count per
+    thread), `None` for torch's default."""
+    global _torch_threads
+    torch: Any = importlib.import_module("torch")
+    if _torch_threads is None:
+        _torch_threads = int(torch.get_num_threads())
+    wanted = count if count is not None else _torch_threads
+    if torch.get_num_threads() != wanted:
+        torch.set_num_threads(wanted)
+
+
 class LocalEmbedder:
     """sentence-transformers in this process. The model loads once, on first use, and
-    loading and encoding both run in a worker thread, never on the event loop."""
+    loading and encoding run in worker threads, never on the event loop: batches in the
+    default pool with torch's default threads, queries on a thread of their own with one
+    torch thread."""
 
     def __init__(self, name: str, *, batch_size: int = 64, device: str | None = None) -> None:
         for module in ("sentence_transformers", "torch"):
@@ -277,6 +308,7 @@ class LocalEmbedder:
         self._device = device
         self._encoder: Any = None
         self._loading = asyncio.Lock()
+        self._queries: ThreadPoolExecutor | None = None
 
     async def embed(self, texts: Sequence[str]) -> Vectors:
         import numpy as np
@@ -284,10 +316,21 @@ class LocalEmbedder:
         encoder = await self._loaded()
         if not texts:
             return np.zeros((0, self.dim or 0), dtype=np.float32)
-        return await asyncio.to_thread(self._encode, encoder, list(texts))
+        return await asyncio.to_thread(self._encode, encoder, list(texts), None)
+
+    async def embed_query(self, text: str) -> Vectors:
+        encoder = await self._loaded()
+        if self._queries is None:
+            self._queries = ThreadPoolExecutor(1, thread_name_prefix="chatplane-query-embed")
+        loop = asyncio.get_running_loop()
+        vectors = await loop.run_in_executor(self._queries, self._encode, encoder, [text], 1)
+        return cast("Vectors", vectors[0])
 
     async def close(self) -> None:
         self._encoder = None
+        if self._queries is not None:
+            self._queries.shutdown(wait=False)
+            self._queries = None
 
     async def _loaded(self) -> Any:
         if self._encoder is None:
@@ -310,9 +353,10 @@ class LocalEmbedder:
         self.dim = int(dimension() if dimension else encoder.get_sentence_embedding_dimension())
         return encoder
 
-    def _encode(self, encoder: Any, texts: list[str]) -> Vectors:
+    def _encode(self, encoder: Any, texts: list[str], threads: int | None) -> Vectors:
         import numpy as np
 
+        _set_torch_threads(threads)
         matrix = encoder.encode(
             texts,
             batch_size=self.batch_size,

@@ -293,17 +293,12 @@ class KnowledgeIndex:
     ) -> SearchResult:
         assert self.embedder is not None
         pool = max(top_k * CANDIDATES_PER_RESULT, MIN_CANDIDATES)
+        # The query's embedding starts first; the vector search follows it on its own,
+        # while this task runs the lexical search (the session is used by one at a time:
+        # the matrices are read before the lexical search starts).
         embedding = asyncio.create_task(self._embed_query(query))
+        nearest_task: asyncio.Task[list[tuple[int, float]] | None] | None = None
         try:
-            hits = await lexical_search(
-                session,
-                dialect=self.dialect,
-                tenant_id=tenant_id,
-                kb_ids=kb_ids,
-                terms=terms,
-                limit=max(top_k, LEXICAL_FUSION_DEPTH),  # all of it if the embedder fails
-                document_ids=document_ids,
-            )
             matrices: list[KbMatrix] = []
             for kb_id, version in vector_kbs:
                 matrices.append(
@@ -315,14 +310,27 @@ class KnowledgeIndex:
                         version=version,
                     )
                 )
-            query_vector = await embedding
+            nearest_task = asyncio.create_task(
+                self._nearest(embedding, matrices, pool, document_ids)
+            )
+            hits = await lexical_search(
+                session,
+                dialect=self.dialect,
+                tenant_id=tenant_id,
+                kb_ids=kb_ids,
+                terms=terms,
+                limit=max(top_k, LEXICAL_FUSION_DEPTH),  # all of it if the embedder fails
+                document_ids=document_ids,
+            )
+            nearest = await nearest_task
         finally:
             embedding.cancel()
-        if query_vector is None:  # the embedder failed: answer lexically rather than not
+            if nearest_task is not None:
+                nearest_task.cancel()
+        if nearest is None:  # the embedder failed: answer lexically rather than not
             return SearchResult("lexical", [_passage(hit, hit.score) for hit in hits[:top_k]])
         from chatplane.knowledge.vectors import reciprocal_rank_fusion
 
-        nearest = await self.vectors.search(matrices, query_vector, pool, document_ids)
         fused = reciprocal_rank_fusion(
             [
                 [hit.chunk_id for hit in hits[:LEXICAL_FUSION_DEPTH]],
@@ -341,11 +349,23 @@ class KnowledgeIndex:
     async def _embed_query(self, query: str) -> Vectors | None:
         assert self.embedder is not None
         try:
-            vectors = await self.embedder.embed([query[:MAX_QUERY_EMBED_CHARS]])
+            return await self.embedder.embed_query(query[:MAX_QUERY_EMBED_CHARS])
         except ChatplaneError as exc:
             log.warning("kb_query_embedding_failed", code=exc.code, detail=exc.detail)
             return None
-        return cast("Vectors", vectors[0])
+
+    async def _nearest(
+        self,
+        embedding: asyncio.Task[Vectors | None],
+        matrices: Sequence[KbMatrix],
+        pool: int,
+        document_ids: Sequence[str] | None,
+    ) -> list[tuple[int, float]] | None:
+        """The vector list once the query is embedded; None when embedding failed."""
+        query_vector = await embedding
+        if query_vector is None:
+            return None
+        return await self.vectors.search(matrices, query_vector, pool, document_ids)
 
     # Re-indexing.
 
