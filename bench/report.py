@@ -14,6 +14,7 @@ import orjson
 from bench.knowledge import KNOWLEDGE, knowledge_lines, knowledge_targets
 from bench.limits import LIMITS
 from bench.observability import OBSERVABILITY
+from bench.scaled import scaled_targets
 from bench.scenarios import (
     NATIVE,
     NATIVE_SCALED,
@@ -113,7 +114,7 @@ def targets(
     if scenario == KNOWLEDGE:
         return knowledge_targets(result)
     if scenario == NATIVE_SCALED:
-        return []  # no target is stated for the scaled shape; idle RSS is per process
+        return scaled_targets(result, options)  # idle RSS is per process: not judged here
     checks = [
         _target("idle_rss_mb", TARGET_IDLE_RSS_MB, result["server"]["idle_rss_mb"]),
     ]

@@ -11,7 +11,7 @@ import secrets
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +32,12 @@ API_PROCESSES = 2
 WORKER_PROCESSES = 2
 KIB_PER_MB = 1024
 SHAPE = "scaled: 2 API processes + 2 workers, Postgres, Redis"
+# The issue's target: the scaled shape adds under 10 ms p99 to the mock's first token at
+# 64 concurrent streams.
+TARGET_TTFT_P99_OVER_MOCK_MS = 10.0
+TARGET_STREAMS = 64
+# Answers shorter than this make a closed loop of 64 a throughput test on this machine.
+PACED_ANSWER_S = 1.0
 
 
 async def services_reachable(timeout_s: float = 2.0) -> str | None:
@@ -187,3 +193,44 @@ async def delete_redis_prefix(prefix: str) -> None:
             await client.unlink(*keys[start : start + 1000])
     finally:
         await client.aclose()
+
+
+def scaled_targets(result: Mapping[str, Any], options: BenchOptions) -> list[dict[str, Any]]:
+    """The first-token target, judged on the `scaled` run: `--concurrency` closed-loop
+    clients, each holding its turn's stream open for the mock's whole answer, so that many
+    streams are open at once; measured is the first token minus the mock's own TTFT.
+
+    Judged only at 64 streams and only when the run did not saturate the machine or a
+    process: a saturated closed loop measures queueing for the CPU (seconds, whatever the
+    code does), and is the throughput number, not the latency one. Paced like a real model
+    (e.g. `--chunks 200 --chunk-delay-ms 20`: 4 s answers, ~16 new turns/s at 64 streams)
+    the machine keeps up and the number is what the shape adds."""
+    run = result["runs"]["scaled"]
+    answer_s = (options.ttft_ms + options.chunks * options.chunk_delay_ms) / 1000
+    notes = [
+        f"run 'scaled': {options.concurrency} streams open at once, answers of "
+        f"~{answer_s:.1f} s, first token minus the mock's {options.ttft_ms:g} ms"
+    ]
+    judged = True
+    if options.concurrency != TARGET_STREAMS:
+        notes.append(f"not judged: the target is stated at {TARGET_STREAMS} streams")
+        judged = False
+    saturation = run["saturation"]
+    if saturation["saturated"]:
+        notes.append(
+            f"not judged: saturated ({saturation['why']}), so the first token is queueing "
+            "for the CPU, not what the shape adds"
+        )
+        if answer_s < PACED_ANSWER_S:
+            notes.append("pace the mock like a real model (--chunks 200 --chunk-delay-ms 20)")
+        judged = False
+    measured = result["ttft_overhead_ms"]["p99"]
+    return [
+        {
+            "name": "scaled_ttft_p99_over_mock_ms",
+            "target": TARGET_TTFT_P99_OVER_MOCK_MS,
+            "measured": measured,
+            "met": measured <= TARGET_TTFT_P99_OVER_MOCK_MS if judged else None,
+            "note": "; ".join(notes),
+        }
+    ]

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -64,6 +65,13 @@ ALL_SCENARIOS = (*SCENARIOS, NATIVE_SCALED, SSE_IDLE, LIMITS, OBSERVABILITY, KNO
 MOCK_MODEL = "mock"
 FLOOR_RUN = "bare-asgi"
 KIB_PER_MB = 1024
+# A run is saturated when every CPU of the machine, or one server process's single core,
+# was busy at least this share of the time.
+SATURATED_SHARE = 0.9
+# A native run whose answers (p50) took longer than this factor of the mock's pacing, plus
+# this slack for the requests around the stream, fell behind its streams.
+FELL_BEHIND_FACTOR = 1.5
+FELL_BEHIND_SLACK_MS = 100.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +211,7 @@ async def measure(
         ours_s=sum(after[key] - before[key] for key in processes) + result.client_cpu_s,
         elapsed_s=result.elapsed_s,
     )
+    summary["saturation"] = saturation(summary["cpu_utilization"], summary["machine_cpu"])
     if "chatplane" in processes:
         server = processes["chatplane"]
         summary["chatplane_rss_mb"] = round(server.memory_kib("VmRSS") / KIB_PER_MB, 1)
@@ -228,6 +237,48 @@ def _machine_cpu(
         "other_cores": round(max(0.0, busy - ours_s) / elapsed_s, 3),
         "steal_cores": round((after.steal_s - before.steal_s) / elapsed_s, 3),
     }
+
+
+def saturation(
+    utilization: Mapping[str, float | None], machine: Mapping[str, float | None]
+) -> dict[str, Any]:
+    """Whether the run saturated the machine (every CPU busy) or one of its server
+    processes (one event loop, one core): if so, its latencies are queueing for the CPU,
+    not what the server adds to a request, and the run is a throughput number."""
+    cpus = os.cpu_count() or 1
+    busy = machine["busy_cores"]
+    measured = [(key, cores) for key, cores in utilization.items() if cores is not None]
+    busiest, busiest_cores = max(measured, key=lambda item: item[1], default=(None, None))
+    why = []
+    if busy is not None and busy >= SATURATED_SHARE * cpus:
+        why.append(f"the machine was busy {busy} of {cpus} cores")
+    if busiest_cores is not None and busiest_cores >= SATURATED_SHARE:
+        why.append(f"{busiest} used {busiest_cores} of its one core")
+    return {
+        "cpus": cpus,
+        "machine_busy_cores": busy,
+        "busiest_process": busiest,
+        "busiest_process_cores": busiest_cores,
+        "saturated": bool(why),
+        "why": "; ".join(why) or None,
+    }
+
+
+def check_pacing(run: dict[str, Any], options: BenchOptions) -> None:
+    """A native run is saturated too when its answers took much longer than the mock's own
+    pacing: the server (or the machine it shares) could not keep up with the streams, even
+    if no CPU counter reached the threshold (a contended machine gives each process its
+    share)."""
+    answer_ms = options.ttft_ms + options.chunks * options.chunk_delay_ms
+    took_ms = run["total_ms"]["p50"]
+    run["saturation"]["answer_ms"] = {"mock": round(answer_ms, 3), "p50": took_ms}
+    if took_ms > FELL_BEHIND_FACTOR * answer_ms + FELL_BEHIND_SLACK_MS:
+        why = run["saturation"]["why"]
+        behind = (
+            f"answers took {took_ms / 1000:.2f} s (p50) for the mock's {answer_ms / 1000:.2f} s"
+        )
+        run["saturation"]["saturated"] = True
+        run["saturation"]["why"] = f"{why}; {behind}" if why else behind
 
 
 def _ttft_overhead(run: Mapping[str, Any], ttft_ms: float) -> dict[str, float]:
@@ -324,6 +375,7 @@ async def run_native(env: BenchEnvironment, options: BenchOptions) -> dict[str, 
         expected_chunks=options.chunks,
     )
     run = await measure(NATIVE, "chatplane", client, options, {"chatplane": env.chatplane})
+    check_pacing(run, options)
     return {"runs": {"chatplane": run}, "ttft_overhead_ms": _ttft_overhead(run, options.ttft_ms)}
 
 
@@ -336,6 +388,7 @@ async def run_native_scaled(env: BenchEnvironment, options: BenchOptions) -> dic
             for url in shape.base_urls
         ]
         run = await measure(NATIVE_SCALED, "scaled", round_robin(clients), options, shape.processes)
+        check_pacing(run, options)
         cpu = run["cpu_ms_per_request"]
         run["cpu_ms_per_request"]["total"] = (
             round(sum(cpu[k] for k in shape.processes), 4)

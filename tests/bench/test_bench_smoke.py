@@ -34,6 +34,7 @@ RUN_KEYS = {
     "cpu_ms_per_request",
     "client_cpu_ms_per_request",
     "machine_cpu",
+    "saturation",
 }
 DOCUMENT_KEYS = {"scenario", "timestamp", "machine", "revision", "options", "server", "runs"}
 
@@ -101,6 +102,10 @@ async def test_native_scaled_runs_on_postgres_and_redis(tmp_path: Path) -> None:
     assert set(run["cpu_ms_per_request"]) == {"api1", "api2", "worker1", "worker2", "total"}
     assert set(scaled["server"]["pids"]) == {"api1", "api2", "worker1", "worker2"}
     assert "p99" in scaled["ttft_overhead_ms"]
+    [target] = scaled["targets"]
+    assert target["name"] == "scaled_ttft_p99_over_mock_ms"
+    assert target["met"] is None  # two streams, not the target's 64: not judged
+    assert "64 streams" in target["note"]
     assert _written(tmp_path, "native-scaled")["scenario"] == "native-scaled"
     assert any("embedded" in line and "scaled" in line for line in lines)
     # Everything it made is gone: the processes, the database, the Redis keys.

@@ -124,6 +124,24 @@ async def test_many_readers_on_many_streams_all_get_their_events(
         assert 1 <= await count_connections(broker) <= 5
 
 
+async def test_publishes_at_once_on_many_streams_keep_each_streams_order(
+    broker: AnyBroker,
+) -> None:
+    """Many turns publishing at the same moment (the Redis broker sends those in batches):
+    each stream gets every event once, in its publisher's order, with increasing ids."""
+    streams = [unique_name() for _ in range(20)]
+
+    async def publish_all(stream: str) -> list[Event]:
+        return [await broker.publish(stream, "message.delta", {"n": n}) for n in range(25)]
+
+    published = await asyncio.gather(*(publish_all(stream) for stream in streams))
+
+    for stream, events in zip(streams, published, strict=True):
+        assert await broker.read(stream, None, timeout_s=0) == events
+        assert [event.data["n"] for event in events] == list(range(25))
+        assert len({event.id for event in events}) == 25
+
+
 async def count_connections(broker: AnyBroker) -> int:
     if not isinstance(broker, RedisBroker):
         return 0

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 import pytest
 from redis.asyncio import Redis
 from redis.crc import key_slot
+from redis.exceptions import ResponseError
 
 from chatplane.broker import MemoryBroker, RedisBroker, create_broker
 from chatplane.errors import ServiceUnavailable
@@ -115,6 +116,31 @@ async def test_keys_carry_the_prefix_and_a_hash_tag_per_turn() -> None:
     events, cancel = f"{prefix}:turn:{{{turn}}}:events", f"{prefix}:turn:{{{turn}}}:cancel"
     assert keys == {f"{prefix}:{{jobs}}:queue", events, cancel}
     assert key_slot(events.encode()) == key_slot(cancel.encode()) == key_slot(turn.encode())
+
+
+async def test_a_publish_redis_refuses_fails_alone_in_its_batch() -> None:
+    """Publishes sent together in one pipeline: one whose key is not a stream fails with
+    Redis's error, the others are stored."""
+    await require_redis()
+    prefix = unique_prefix()
+    broker = RedisBroker(REDIS_URL, key_prefix=prefix)
+    admin = Redis.from_url(REDIS_URL, decode_responses=True)
+    broken, fine = unique_name(), [unique_name() for _ in range(10)]
+    try:
+        await admin.set(f"{prefix}:turn:{{{broken}}}:events", "not a stream")
+        # The first goes alone; the rest, the refused one among them, wait and go together.
+        streams = [fine[0], broken, *fine[1:]]
+        outcomes = await asyncio.gather(
+            *(broker.publish(stream, "message.delta", {"s": stream}) for stream in streams),
+            return_exceptions=True,
+        )
+        stored = [await broker.read(stream, None, timeout_s=0) for stream in fine]
+    finally:
+        await broker.close()
+        await admin.aclose()
+        await delete_keys(prefix)
+    assert isinstance(outcomes[1], ResponseError)
+    assert stored == [[outcome] for outcome in [outcomes[0], *outcomes[2:]]]
 
 
 async def test_unreachable_redis_is_service_unavailable_without_leaking_the_password() -> None:

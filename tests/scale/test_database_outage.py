@@ -17,9 +17,9 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from sqlalchemy import event
+from sqlalchemy import Insert, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import ORMExecuteState, Session
 
 from chatplane.auth.principal import Principal
 from chatplane.chat.models import Message
@@ -415,32 +415,42 @@ async def test_a_usage_batch_whose_commit_landed_unseen_is_stored_once(
 
 
 @contextlib.contextmanager
-def answers_lost(lose: Callable[[Session], bool]) -> Iterator[list[Session]]:
-    """Commits for which `lose(session)` is true reach the database, but the caller sees
-    the connection break, as when it drops right after COMMIT was sent. Yields the
-    sessions whose answer was lost."""
+def answers_lost(lose: Callable[[ORMExecuteState], bool]) -> Iterator[list[Session]]:
+    """Commits of a session that ran a statement for which `lose(state)` is true reach the
+    database, but the caller sees the connection break, as when it drops right after
+    COMMIT was sent. Yields the sessions whose answer was lost."""
     lost: list[Session] = []
 
-    def after_flush(session: Session, _context: object) -> None:
-        if lose(session):  # `session.new` still lists what this flush inserted
-            session.info["lose_answer"] = True
+    def executed(state: ORMExecuteState) -> None:
+        if lose(state):
+            state.session.info["lose_answer"] = True
 
     def after_commit(session: Session) -> None:
         if session.info.pop("lose_answer", False):
             lost.append(session)
             raise ConnectionResetError("the answer to COMMIT was lost")
 
-    event.listen(Session, "after_flush", after_flush)
+    event.listen(Session, "do_orm_execute", executed)
     event.listen(Session, "after_commit", after_commit)
     try:
         yield lost
     finally:
-        event.remove(Session, "after_flush", after_flush)
+        event.remove(Session, "do_orm_execute", executed)
         event.remove(Session, "after_commit", after_commit)
 
 
-def adds(role: str) -> Callable[[Session], bool]:
-    return lambda session: any(isinstance(o, Message) and o.role == role for o in session.new)
+def adds(role: str) -> Callable[[ORMExecuteState], bool]:
+    """An INSERT of a message with this role (however the code builds it)."""
+
+    def inserts_message(state: ORMExecuteState) -> bool:
+        statement = state.statement
+        if not state.is_insert or not isinstance(statement, Insert):
+            return False
+        return statement.table.name == Message.__tablename__ and (
+            statement.compile().params.get("role") == role
+        )
+
+    return inserts_message
 
 
 @pytest.fixture

@@ -48,6 +48,8 @@ from chatplane.broker.protocol import (
 )
 from chatplane.broker.redis_scripts import CLAIM, RENEW, STATS
 from chatplane.broker.redis_streams import (
+    EventBatch,
+    EventPublisher,
     StreamFanout,
     event_from_entry,
     parse_stream_id,
@@ -129,6 +131,8 @@ class RedisBroker:
         # Blocked claims hold a pooled connection each; a few at a time leave the rest of the
         # pool to publishing and reading however many claim loops a worker runs.
         self._blocking_claims = asyncio.Semaphore(max(1, max_connections // 4))
+        self._publisher = EventPublisher(self._send_events)
+        self._cap: dict[str, Any] = {"maxlen": stream_max_events, "approximate": True}
 
     @property
     def pending_reads(self) -> int:
@@ -324,14 +328,21 @@ class RedisBroker:
 
     async def publish(self, stream: str, type: str, data: Mapping[str, Any]) -> Event:
         body = orjson.dumps(dict(data))
+        event_id = await self._publisher.publish(self._events_key(stream), type, body)
+        return Event(event_id, type, orjson.loads(body))
+
+    async def _send_events(self, batch: EventBatch) -> list[Any]:
+        """XADD a batch of events: one alone as a plain command, more in one pipeline (not
+        a transaction: each stands alone, and its error is its own)."""
         async with self._op() as conn:
-            event_id: Any = await conn.client.xadd(
-                self._events_key(stream),
-                {"t": type, "d": body},
-                maxlen=self.stream_max_events,
-                approximate=True,
-            )
-        return Event(str(event_id), type, orjson.loads(body))
+            if len(batch) == 1:
+                [(key, type, body)] = batch
+                return [await conn.client.xadd(key, _fields(type, body), **self._cap)]
+            async with conn.client.pipeline(transaction=False) as pipe:
+                for key, type, body in batch:
+                    pipe.xadd(key, _fields(type, body), **self._cap)
+                replies: list[Any] = await pipe.execute(raise_on_error=False)
+        return replies
 
     async def read(self, stream: str, after: str | None, *, timeout_s: float) -> list[Event]:
         after_id = parse_stream_id(after)
@@ -422,3 +433,7 @@ class RedisBroker:
 
     def _unavailable_error(self, exc: Exception) -> ServiceUnavailable:
         return ServiceUnavailable(f"{self._where} is unavailable: {exc}")
+
+
+def _fields(type: str, body: bytes) -> dict[FieldT, EncodableT]:
+    return {"t": type, "d": body}

@@ -249,3 +249,60 @@ class StreamFanout:
                 if not waiter.future.done():
                     waiter.future.set_result([] if error is None else error)
         self._waiters.clear()
+
+
+EventBatch = list[tuple[str, str, bytes]]  # (stream key, event type, JSON data)
+
+
+class EventPublisher:
+    """A process's event publishes, sent in pipelines: one that comes while another send
+    is on its way waits for it and goes with every other that came meanwhile, in order. One
+    alone is sent at once by its own caller, so a quiet process adds no task and no
+    latency; a busy one (many turns streaming) pays one round trip and one wake-up per
+    batch instead of per event."""
+
+    def __init__(self, send: Callable[[EventBatch], Awaitable[list[Any]]]) -> None:
+        self._send = send  # XADDs the batch; one reply (an id or an error) per event
+        self._waiting: list[tuple[str, str, bytes, asyncio.Future[str]]] = []
+        self._busy = False  # a send is on its way (the caller's own, or the flusher's)
+
+    async def publish(self, key: str, type: str, body: bytes) -> str:
+        """The new event's id, once it is in Redis."""
+        if self._busy:
+            future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+            self._waiting.append((key, type, body, future))
+            return await future
+        self._busy = True
+        try:
+            [reply] = await self._send([(key, type, body)])
+        finally:
+            self._hand_over()
+        if isinstance(reply, Exception):
+            raise reply
+        return str(reply)
+
+    def _hand_over(self) -> None:
+        """A send ended: the publishes that came meanwhile go next, in one batch."""
+        if self._waiting:
+            asyncio.get_running_loop().create_task(self._flush(), name="chatplane-broker-publisher")
+        else:
+            self._busy = False
+
+    async def _flush(self) -> None:
+        batch, self._waiting = self._waiting, []
+        try:
+            replies = await self._send([(key, type, body) for key, type, body, _ in batch])
+        except Exception as exc:  # every publish of the batch fails with it
+            replies = [exc] * len(batch)
+        except BaseException:  # this task was cancelled (loop shutdown): nobody waits forever
+            replies = [ServiceUnavailable("the broker is closed")] * len(batch)
+            raise
+        finally:
+            self._hand_over()
+            for (*_, future), reply in zip(batch, replies, strict=True):
+                if future.done():  # its publisher was cancelled
+                    continue
+                if isinstance(reply, Exception):
+                    future.set_exception(reply)
+                else:
+                    future.set_result(str(reply))

@@ -8,12 +8,12 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import structlog
+from sqlalchemy import insert
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import make_transient
 
 from chatplane.broker.protocol import Broker, Job, JobLost
-from chatplane.chat.models import Conversation, Message, Turn
-from chatplane.chat.repository import TurnRepository, next_seq
+from chatplane.chat.models import Message, Turn
+from chatplane.chat.repository import TurnRepository, row_of
 from chatplane.db.base import new_id, utcnow
 from chatplane.db.engine import Database
 from chatplane.errors import (
@@ -129,17 +129,17 @@ class TurnRunner:
             await self.limits.settle(turn.tenant_id, turn.id, [str(k) for k in keys], cost)
 
     async def _run(self, turn_id: str, job: Job) -> None:
+        # One session and two statements: the start (which returns the turn) and the
+        # history up to the question.
         async with self.db.session() as session:
             repo = TurnRepository(session)
-            turn = await repo.turn(turn_id)
+            turn = await repo.start(turn_id, utcnow())
             if turn is None:
-                return  # the conversation was deleted
-            restarted = turn.attempts > 0  # an earlier run started it and never finished
-            if not await repo.start(turn_id, utcnow()):
-                return  # already ended (cancelled while queued, or done before)
+                return  # already ended (cancelled while queued, done before) or deleted
+            history = await repo.history(turn)
             await session.commit()
-            question = await session.get(Message, turn.user_message_id)
-            history = await repo.history(turn.conversation_id, question.seq if question else 0)
+        restarted = turn.attempts > 1  # an earlier run started it and never finished
+        question = next((m for m in history if m.id == turn.user_message_id), None)
         turn_started(turn, restarted=restarted)
         if restarted:
             await self.broker.publish(turn_id, "turn.restarted", {"attempt": job.attempt})
@@ -288,6 +288,7 @@ class TurnRunner:
         route = await self.registry.resolve(turn.model)
         return usage, UsageRecord(
             id=new_id(),
+            created_at=utcnow(),
             tenant_id=turn.tenant_id,
             user_id=turn.user_id,
             api_key_id=turn.api_key_id,
@@ -297,6 +298,7 @@ class TurnRunner:
             prompt_tokens=usage.prompt_tokens,
             completion_tokens=usage.completion_tokens,
             cost_usd=cost_usd(route, usage),
+            cached=False,
         )
 
     async def _finish_completed(
@@ -444,28 +446,25 @@ class TurnRunner:
                     ):
                         return True, message_id
                 return False, None
-            if message_id is not None:
-                session.add(
-                    Message(
-                        id=message_id,
-                        conversation_id=turn.conversation_id,
-                        tenant_id=turn.tenant_id,
-                        seq=await next_seq(session, turn.conversation_id),
-                        role="assistant",
-                        content=text,
-                        turn_id=turn.id,
-                        citations=citations,
-                        created_at=now,
+            try:  # a row another run stored first (same turn_id) stops the whole outcome
+                if message_id is not None:
+                    await repo.add_message(
+                        {
+                            "id": message_id,
+                            "conversation_id": turn.conversation_id,
+                            "tenant_id": turn.tenant_id,
+                            "role": "assistant",
+                            "content": text,
+                            "turn_id": turn.id,
+                            "citations": citations,
+                            "created_at": now,
+                        }
                     )
-                )
-            if usage is not None:
-                if retried:
-                    make_transient(usage)  # a row again, whatever the broken session left
-                session.add(usage)
-            conversation = await session.get(Conversation, turn.conversation_id)
-            if conversation is not None:
-                conversation.updated_at = now
-            try:
+                if usage is not None:
+                    await session.execute(
+                        insert(UsageRecord).values({**row_of(usage), "created_at": now})
+                    )
+                await repo.touch_conversation(turn.conversation_id, now)
                 await session.commit()
             except IntegrityError:
                 await session.rollback()

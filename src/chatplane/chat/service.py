@@ -6,13 +6,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import structlog
+from sqlalchemy import insert, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from chatplane.auth.principal import Principal
 from chatplane.broker.protocol import Broker
 from chatplane.chat.models import Conversation, Message, Turn
-from chatplane.chat.repository import ChatRepository, messages_of, next_seq
+from chatplane.chat.repository import ChatRepository, insert_message, messages_of, row_of
 from chatplane.chat.runner import fit_context
 from chatplane.db.base import new_id, utcnow
 from chatplane.db.cursors import decode_cursor, encode_cursor
@@ -95,7 +96,7 @@ class ChatService:
             updated_at=now,
         )
         async with self.db.session() as session:
-            session.add(conversation)
+            await session.execute(insert(Conversation).values(row_of(conversation)))
             await session.commit()
         return conversation
 
@@ -189,33 +190,42 @@ class ChatService:
                 principal, session, conversation_id, content, route, turn_id, bool(kb_ids)
             )
             try:
-                seq = await next_seq(session, conversation_id)
-                message = Message(
-                    id=new_id(),
-                    conversation_id=conversation_id,
-                    tenant_id=principal.tenant_id,
-                    seq=seq,
-                    role="user",
-                    content=content,
-                    created_at=now,
-                )
+                # Core statements, not a unit of work: the message's seq comes from its
+                # INSERT, the conversation is updated without loading it again.
+                message = {
+                    "id": new_id(),
+                    "conversation_id": conversation_id,
+                    "tenant_id": principal.tenant_id,
+                    "role": "user",
+                    "content": content,
+                    "created_at": now,
+                }
+                seq = (
+                    await session.execute(insert_message(message).returning(Message.seq))
+                ).scalar_one()
                 turn = Turn(
                     id=turn_id,
                     conversation_id=conversation_id,
                     tenant_id=principal.tenant_id,
                     user_id=principal.user_id,
                     api_key_id=principal.api_key_id,
-                    user_message_id=message.id,
+                    user_message_id=message["id"],
                     model=route.name,
                     knowledge_base_ids=kb_ids or None,
                     status="queued",
                     attempts=0,
                     created_at=now,
                 )
+                await session.execute(insert(Turn).values(row_of(turn)))
+                changes: dict[str, object] = {"updated_at": now}
                 if seq == 1 and conversation.title == DEFAULT_TITLE:
-                    conversation.title = title_from(content)
-                conversation.updated_at = now
-                session.add_all([message, turn])
+                    changes["title"] = title_from(content)
+                await session.execute(
+                    update(Conversation)
+                    .where(Conversation.id == conversation_id)
+                    .values(changes)
+                    .execution_options(synchronize_session=False)
+                )
                 await self._commit_turn(session, turn_id)
             except BaseException:
                 await admission.finish(0.0)
