@@ -26,6 +26,7 @@ from chatplane.container import Services, build_services
 from chatplane.errors import ChatplaneError
 from chatplane.gateway.router import install_gateway
 from chatplane.http.client import ClientResolver
+from chatplane.http.direct import ChatplaneApp
 from chatplane.http.middleware import HttpMiddleware
 from chatplane.http.openapi import install_openapi
 from chatplane.http.problems import install_error_handlers
@@ -68,7 +69,7 @@ def create_app(
             if owned:
                 await app.state.services.close()
 
-    app = FastAPI(
+    app = ChatplaneApp(
         title="chatplane",
         version=__version__,
         lifespan=lifespan,
@@ -127,7 +128,8 @@ def create_app(
         Route("/api/kb/{kb_id}/documents/{document_id}/events", DocumentEvents(), methods=["GET"])
     )
     app.router.routes.append(Route("/metrics", MetricsEndpoint(), methods=["GET"]))
-    install_gateway(app)
+    # The /v1 routes skip the framework's layers (chatplane.http.direct).
+    app.direct_routes = install_gateway(app)
     install_openapi(app)
     app.include_router(web_router)
     app.mount("/static", static_files(), name="static")

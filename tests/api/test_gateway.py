@@ -129,3 +129,64 @@ async def test_gateway_errors_use_openai_shapes(live: LiveServer) -> None:
         anonymous = await raw.post("/v1/chat/completions", json={})
         assert anonymous.status_code == 401
         assert anonymous.json()["error"]["code"] == "missing_api_key"
+
+
+async def test_gateway_responses_carry_the_request_id_headers_and_metrics(
+    live: LiveServer,
+) -> None:
+    """The /v1 routes skip the framework's layers, not the app's own middleware."""
+    async with live.client() as api:
+        answer = await api.post(
+            "/v1/chat/completions",
+            json={"model": "mock-echo", "messages": [{"role": "user", "content": "hi"}]},
+            headers={"x-request-id": "gateway-request-1"},
+        )
+        listed = await api.get("/v1/models", headers={"x-request-id": "gateway-request-2"})
+        wrong_method = await api.get("/v1/chat/completions")
+        scraped = (await api.get("/metrics")).text
+    assert answer.status_code == 200
+    assert answer.headers["x-request-id"] == "gateway-request-1"
+    assert answer.headers["x-content-type-options"] == "nosniff"
+    assert "content-security-policy" not in answer.headers
+    assert int(answer.headers["ratelimit-limit"]) > 0
+    assert listed.headers["x-request-id"] == "gateway-request-2"
+    # Another method is the full stack's, as before: a 405 in OpenAI's shape.
+    assert wrong_method.status_code == 405
+    assert wrong_method.json()["error"]["code"] == "method_not_allowed"
+    assert 'route="/v1/chat/completions",status="200"' in scraped
+    assert 'route="/v1/models",status="200"' in scraped
+
+
+async def test_a_client_that_leaves_mid_stream_stops_the_upstream_and_pays_what_it_got(
+    live: LiveServer, fake_openai: FakeOpenAI
+) -> None:
+    before = len(await _usage_rows(live, "gpt-fake"))
+    disconnects, completed = fake_openai.disconnects, fake_openai.completed_streams
+    chunks, delay = fake_openai.chunks, fake_openai.chunk_delay_s
+    fake_openai.chunks = [f" word{i}" for i in range(500)]
+    fake_openai.chunk_delay_s = 0.01
+    try:
+        async with live.client() as api:
+            body = {
+                "model": "gpt-fake",
+                "messages": [{"role": "user", "content": "hi"}],
+                "stream": True,
+            }
+            async with api.stream("POST", "/v1/chat/completions", json=body) as stream:
+                assert stream.status_code == 200
+                received = b""
+                async for part in stream.aiter_bytes():
+                    received += part
+                    if received.count(b"word") >= 3:
+                        break
+        for _ in range(250):  # the server notices the disconnect within moments
+            if fake_openai.disconnects != disconnects:
+                break
+            await asyncio.sleep(0.02)
+        assert fake_openai.disconnects == disconnects + 1
+        assert fake_openai.completed_streams == completed
+    finally:
+        fake_openai.chunks, fake_openai.chunk_delay_s = chunks, delay
+    rows = await _wait_for_usage(live, "gpt-fake", before + 1)
+    assert len(rows) == before + 1
+    assert 3 <= rows[-1].completion_tokens < 500

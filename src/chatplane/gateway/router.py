@@ -8,7 +8,6 @@ byte; other providers are written in OpenAI's wire format from pre-built chunk p
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -17,7 +16,7 @@ import orjson
 import structlog
 from fastapi import FastAPI
 from starlette.routing import Route
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from chatplane.auth.deps import (
     bearer_token,
@@ -103,18 +102,35 @@ async def _send_error(scope: Scope, receive: Receive, send: Send, exc: Chatplane
 
 
 async def _abort_on_disconnect(receive: Receive, work: Awaitable[None]) -> None:
-    """Run `work`; if the client goes away first, cancel it (and with it the upstream)."""
+    """Run `work`; if the client goes away first, cancel it (and with it the upstream).
+
+    The work has a task of its own (a chunk's wake-up resumes only its frames, not the
+    request's whole middleware stack); the watcher cancels it from a done callback, with
+    no `asyncio.wait` per request. A cancellation from outside (a server shutting down)
+    still propagates."""
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(_until_disconnect(receive))
+    left = False
+
+    def on_watcher_done(done: asyncio.Future[None]) -> None:
+        nonlocal left
+        if done.cancelled():
+            return
+        done.exception()  # retrieved: a receive that fails is a client gone too
+        left = True
+        task.cancel()
+
+    watcher.add_done_callback(on_watcher_done)
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if not left or (current is not None and current.cancelling()):
+            raise
     finally:
         watcher.cancel()
         if not task.done():
             task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await asyncio.gather(watcher, return_exceptions=True)
 
 
 async def _admit(
@@ -276,20 +292,16 @@ class _Call:
         self._began = time.perf_counter()
         self._ttft_s: float | None = None
 
-    async def send(self, message: Message) -> None:
-        if message["type"] == "http.response.start":
-            self.started = True
-        elif self._ttft_s is None and message.get("body"):
-            self._ttft_s = time.perf_counter() - self._began
-        await self._send(message)
-
     async def _start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         if self.cache_key is not None:
             headers = [*headers, caching.MISS]
-        await self.send({"type": "http.response.start", "status": status, "headers": headers})
+        self.started = True
+        await self._send({"type": "http.response.start", "status": status, "headers": headers})
 
     async def _body(self, body: bytes, *, more: bool) -> None:
-        await self.send({"type": "http.response.body", "body": body, "more_body": more})
+        if self._ttft_s is None and body:
+            self._ttft_s = time.perf_counter() - self._began
+        await self._send({"type": "http.response.body", "body": body, "more_body": more})
 
     def _record(self, usage: Usage | None) -> None:
         if usage is None:  # the upstream reported none: estimate it
@@ -385,17 +397,22 @@ class _Call:
             capture = (
                 StreamCapture(self.route.upstream_model) if self.cache_key is not None else None
             )
-            tail = b""
-            async for chunk in response.content.iter_any():
+            # One send per read; the last bytes are kept (trimmed now and then, not copied
+            # per read) for the usage event, the only one parsed.
+            tail = bytearray()
+            read = response.content.readany
+            while chunk := await read():
                 await self._body(chunk, more=True)
                 if capture is not None:
                     capture.feed(chunk)
                 self.sent_deltas += chunk.count(CONTENT_KEY)
-                tail = (tail + chunk)[-TAIL_BYTES:]
+                tail += chunk
+                if len(tail) > 2 * TAIL_BYTES:
+                    del tail[:-TAIL_BYTES]
             if capture is not None:
                 await self._keep(capture.answer())
             await self._body(b"", more=False)
-            self._record(usage_from_tail(tail))
+            self._record(usage_from_tail(bytes(tail[-TAIL_BYTES:])))
         finally:
             response.release()
 
@@ -430,13 +447,14 @@ class _Call:
         try:
             async for item in items:
                 if isinstance(item, TextDelta):
+                    data = writer.delta(item.text)
                     if not self.started:
                         await self._start(200, SSE_HEADERS)
-                        await self._body(writer.role(), more=True)
+                        data = writer.role() + data  # one write, as the first token comes
                     text_len += len(item.text)
                     if parts is not None:
                         parts.append(item.text)
-                    await self._body(writer.delta(item.text), more=True)
+                    await self._body(data, more=True)
                     self.sent_deltas += 1
                 elif isinstance(item, Finish):
                     finish = item
@@ -504,10 +522,12 @@ class Models:
         await send({"type": "http.response.body", "body": body})
 
 
-def install_gateway(app: FastAPI) -> None:
-    """First in the route list: matching a request against every API route first cost
-    0.1-0.2 ms per /v1 request."""
-    app.router.routes[0:0] = [
+def install_gateway(app: FastAPI) -> list[Route]:
+    """The routes, first in the route list (matching a request against every API route
+    first cost 0.1-0.2 ms per /v1 request); returned for the app to serve them directly."""
+    routes = [
         Route("/v1/chat/completions", ChatCompletions(), methods=["POST"]),
         Route("/v1/models", Models(), methods=["GET"]),
     ]
+    app.router.routes[0:0] = routes
+    return routes

@@ -90,6 +90,11 @@ def internal_error_response(path: str) -> Response:
     )
 
 
+def log_unhandled(path: str) -> None:
+    """Log the exception being handled (an error-level event: error tracking reports it)."""
+    log.exception("unhandled_error", path=path)
+
+
 def _field(location: tuple[int | str, ...]) -> str:
     """`("body", "messages", 0)` -> `messages.0`; the source of the value is not part of it."""
     parts = location[1:] if location and location[0] in REQUEST_PARTS else location
@@ -136,7 +141,7 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled_error", path=request.url.path)
+        log_unhandled(request.url.path)
         return internal_error_response(request.url.path)
 
     app.add_exception_handler(ChatplaneError, on_chatplane_error)

@@ -472,16 +472,32 @@ def observe_gateway_call(
     if usage is not None:
         _count_usage(model, tenant, usage, cost_usd)
     if ttft_s is not None:
-        GATEWAY_FIRST_TOKEN.labels(model).observe(ttft_s)
+        first_token = _first_token_children.get(model)
+        if first_token is None:
+            first_token = _first_token_children[model] = GATEWAY_FIRST_TOKEN.labels(model)
+        first_token.observe(ttft_s)
+
+
+# Label children found once per model (and tenant), not per call as `labels()` does (a
+# lock, a tuple and a dict look-up each); bounded as the labels are.
+_first_token_children: dict[str, Any] = {}
+_usage_children: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
 
 
 def _count_usage(model: str, tenant: str, usage: TokenCounts, cost_usd: float) -> None:
+    children = _usage_children.get((model, tenant))
+    if children is None:
+        children = _usage_children[(model, tenant)] = (
+            TOKENS.labels(model, tenant, "input"),
+            TOKENS.labels(model, tenant, "output"),
+            COST_USD.labels(model, tenant),
+        )
     if usage.prompt_tokens:
-        TOKENS.labels(model, tenant, "input").inc(usage.prompt_tokens)
+        children[0].inc(usage.prompt_tokens)
     if usage.completion_tokens:
-        TOKENS.labels(model, tenant, "output").inc(usage.completion_tokens)
+        children[1].inc(usage.completion_tokens)
     if cost_usd > 0:
-        COST_USD.labels(model, tenant).inc(cost_usd)
+        children[2].inc(cost_usd)
 
 
 def provider_error(provider: str, kind: str) -> None:

@@ -110,6 +110,9 @@ class MockProvider:
         self.ttft_s = ttft_ms / 1000
         self.chunk_delay_s = chunk_delay_ms / 1000
         self.chunks = chunks
+        # `mock`'s reply is the same every time: split once, not per request.
+        self._filler = filler_chunks(chunks)
+        self._filler_text = "".join(self._filler)
         self.failure_rate = failure_rate
         self._rng = rng or random.Random()
         self._sleep = sleep
@@ -128,7 +131,7 @@ class MockProvider:
         if request.model == MOCK_ECHO:
             return last_user_message(request.messages)
         if request.model == MOCK_FILLER:
-            return "".join(filler_chunks(self.chunks))
+            return self._filler_text
         if request.model == MOCK_CITE:
             return cited_reply(request.messages)
         raise ProviderError(
@@ -139,10 +142,13 @@ class MockProvider:
     async def stream(self, request: CompletionRequest) -> AsyncGenerator[StreamItem, None]:
         text = self.reply_text(request)
         reason = "stop"
+        chunks: list[str] | None = self._filler if request.model == MOCK_FILLER else None
         if request.max_tokens is not None and estimate_tokens(text) > request.max_tokens:
             text = truncate_to_tokens(text, request.max_tokens)
             reason = "length"
-        chunks = split_words(text)
+            chunks = None
+        if chunks is None:
+            chunks = split_words(text)
         fail_after = self._failure_point(len(chunks))
 
         if self.ttft_s > 0:
