@@ -7,23 +7,34 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import httpx
+import pytest
 
 from tests.broker.support import REDIS_URL, require_redis, unique_prefix
 
 # Imported only in the scaled shape (Redis), with a real upstream (aiohttp's client), on
 # Postgres (its dialect), or by `chatplane worker` (aiohttp's server).
 SCALED_OR_UPSTREAM_ONLY = ("redis", "aiohttp", "aiohttp.web", "sqlalchemy.dialects.postgresql")
+# Never in the server process: the command line (`serve` hands the process over to
+# `chatplane.process`), uvicorn's file watcher for `--reload` (installed by `uvicorn[standard]`,
+# loaded by `import uvicorn` whenever it is there), AES-GCM (loaded when an upstream key
+# stored in the database is first sealed or opened).
+NEVER_IN_THE_SERVER = ("typer", "watchfiles", "cryptography.hazmat.primitives.ciphers.aead")
 
-# The serve path: the CLI module, the server with its loop and parser, the app built for the
-# settings, its start-up (every service), then the first requests of each kind: the web
-# page, a login, a /v1 completion streamed from a mock model, a native turn with its events.
+# The serve path: the server process's module, the server with its loop and parser, the app
+# built for the settings, its start-up (every service), then the first requests of each kind:
+# the web page, a login, a /v1 completion streamed from a mock model, a native turn with its
+# events.
 SERVE_PATH = """
 import asyncio, json, sys
 
-import chatplane.cli
+import chatplane.process
 import httptools
 import uvicorn
 import uvloop
@@ -127,8 +138,85 @@ def test_embedded_serve_path_leaves_scaled_and_upstream_modules_out(tmp_path: Pa
         "turn_completed": True,
     }
     assert "chatplane.container" in modules  # the services were built and used
-    loaded = [name for name in SCALED_OR_UPSTREAM_ONLY if name in modules]
+    loaded = [name for name in (*SCALED_OR_UPSTREAM_ONLY, *NEVER_IN_THE_SERVER) if name in modules]
     assert loaded == []
+
+
+needs_proc = pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="reads /proc")
+
+
+@needs_proc
+def test_serve_hands_its_process_over_to_the_process_module(tmp_path: Path) -> None:
+    """`chatplane serve` checks, prints, then becomes `python -m chatplane.process serve` in
+    the same process (what the serve path above imports), so none of the command line stays."""
+    port = _free_port()
+    argv, output = _run_until_healthy(
+        ["serve", "--port", str(port)], tmp_path, f"http://127.0.0.1:{port}/healthz"
+    )
+
+    assert argv == ["-m", "chatplane.process", "serve", "127.0.0.1", str(port)]
+    assert f"on http://127.0.0.1:{port}" in output  # printed before the hand-over
+    assert "Application shutdown complete" in output  # the server stopped in order
+
+
+@needs_proc
+async def test_worker_hands_its_process_over_with_its_options(tmp_path: Path) -> None:
+    await require_redis()
+    port = _free_port()
+    argv, output = _run_until_healthy(
+        ["worker", "--concurrency", "3", "--metrics-port", str(port)],
+        tmp_path,
+        f"http://127.0.0.1:{port}/metrics",
+        CHATPLANE_REDIS_URL=REDIS_URL,
+        CHATPLANE_REDIS_PREFIX=unique_prefix(),
+    )
+
+    assert argv == ["-m", "chatplane.process", "worker"]
+    assert "concurrency=3" in output  # the option reached the process it became
+    assert "worker_draining" in output
+
+
+def _run_until_healthy(
+    args: list[str], data_dir: Path, url: str, **environ: str
+) -> tuple[list[str], str]:
+    """Run `chatplane ARGS` until URL answers 200; its argv then (less the interpreter), and
+    its output once SIGTERM stopped it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATPLANE_")}
+    env.update(CHATPLANE_DATA_DIR=str(data_dir), CHATPLANE_HOST="127.0.0.1", **environ)
+    subprocess.run(
+        [sys.executable, "-m", "chatplane", "db", "upgrade"], env=env, check=True, timeout=120
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "chatplane", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not _healthy(url):
+            assert process.poll() is None, process.communicate()[0][-4000:]
+            assert time.monotonic() < deadline, f"{args[0]} did not start"
+            time.sleep(0.1)
+        argv = Path(f"/proc/{process.pid}/cmdline").read_bytes().split(b"\0")[1:-1]
+    finally:
+        process.terminate()
+        output, _ = process.communicate(timeout=30)
+    return [arg.decode() for arg in argv], output
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 async def test_redis_url_loads_the_redis_implementations(tmp_path: Path) -> None:

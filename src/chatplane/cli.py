@@ -105,9 +105,6 @@ async def _auth(settings: Settings) -> AsyncIterator[AuthService]:
         await db.close()
 
 
-GRACEFUL_SHUTDOWN_S = 3
-
-
 def usable_cores() -> int:
     """The cores this process may run on (a container's CPU set, not the host's count)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -128,16 +125,14 @@ def serve(
     """Run the platform: web app, chat API and the /v1 gateway."""
     # Only the N server processes keep metrics in files; this one and its helpers do not.
     metrics_dir = os.environ.pop(MULTIPROC_DIR_ENV, None)
-    import uvicorn
-
-    from chatplane.app import create_app
+    from chatplane.process import APP_FACTORY, become, uvicorn_options
 
     settings = load_settings()
     bind_host = host or settings.host
     bind_port = port if port is not None else settings.port
     workers = workers or usable_cores()
-    # With several processes, each reports on its own (`serve_app`); this one only checks.
-    start_error_tracking(settings, in_this_process=workers == 1)
+    # The server processes report on their own (`serve_app`); this one only checks.
+    start_error_tracking(settings, in_this_process=False)
     if workers > 1 and not settings.redis_url:
         raise fail(
             "--workers above 1 needs CHATPLANE_REDIS_URL: the processes share turns and "
@@ -153,31 +148,13 @@ def serve(
     if not has_users:
         typer.echo("No users yet. Create the first admin with:")
         typer.echo("  chatplane users create you@example.com --admin")
-    sys.stdout.flush()  # before the server takes over the process
-    common: dict[str, Any] = {
-        "host": bind_host,
-        "port": bind_port,
-        "loop": "uvloop",
-        "http": "httptools",
-        "access_log": False,
-        "proxy_headers": False,  # trusted proxies are handled by chatplane's own middleware
-        "log_config": None,
-        # SIGTERM drains first (up to drain_timeout_s, see chatplane.ops.drain); what still
-        # runs after that is cut this many seconds after the server stops listening.
-        "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S,
-        # WebSockets (/api/ws): ping frames keep proxies from timing idle connections out
-        # and drop dead peers; a frame over twice the app's own message cap (which gets a
-        # clear error) is refused by the protocol, so no connection buffers more.
-        "ws_ping_interval": settings.ws_ping_interval_s,
-        "ws_ping_timeout": settings.ws_ping_interval_s,
-        "ws_max_size": 2 * settings.max_request_bytes,
-    }
     if workers == 1:
-        uvicorn.run(create_app(settings, migrate_embedded=False), **common)
-        return
+        become("serve", bind_host, str(bind_port))
+    import uvicorn
+
     with _shared_metrics_dir(metrics_dir):
         # Each process builds its own app from the same environment.
-        uvicorn.run("chatplane.app:serve_app", factory=True, workers=workers, **common)
+        uvicorn.run(APP_FACTORY, workers=workers, **uvicorn_options(settings, bind_host, bind_port))
 
 
 @contextmanager
@@ -213,22 +190,18 @@ def worker(
 ) -> None:
     """Run turns from the Redis queue (the scaled shape); SIGTERM drains it."""
     os.environ.pop(MULTIPROC_DIR_ENV, None)  # one process: its metrics stay in memory
-    from chatplane.worker import run_worker
+    from chatplane.process import become
 
     settings = load_settings()
     if not settings.redis_url:
         raise fail("the worker takes turns from Redis: set CHATPLANE_REDIS_URL", 2)
+    start_error_tracking(settings, in_this_process=False)  # the worker process reports
+    # The options are these settings (the same bounds), for the process it becomes.
     if concurrency is not None:
-        settings = settings.model_copy(update={"turn_concurrency": concurrency})
+        os.environ["CHATPLANE_TURN_CONCURRENCY"] = str(concurrency)
     if metrics_port is not None:
-        settings = settings.model_copy(update={"worker_metrics_port": metrics_port})
-    start_error_tracking(settings)
-    import uvloop
-
-    try:
-        uvloop.run(run_worker(settings))
-    except ChatplaneError as exc:
-        raise fail(exc.detail) from exc
+        os.environ["CHATPLANE_WORKER_METRICS_PORT"] = str(metrics_port)
+    become("worker")
 
 
 def _database_in_child_process(command: str) -> None:
