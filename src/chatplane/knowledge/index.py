@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Literal, Protocol, cast
 
 import structlog
@@ -249,20 +250,20 @@ class KnowledgeIndex:
             mode: Mode = "hybrid" if vector_kbs else "lexical"
             if top_k <= 0 or not has_words(query):
                 return SearchResult(mode, [])
-            terms = query_terms(query)
+            lexical = partial(
+                lexical_search,
+                session,
+                dialect=self.dialect,
+                tenant_id=tenant_id,
+                kb_ids=kb_ids,
+                terms=query_terms(query),
+                document_ids=document_ids,
+            )
             if not vector_kbs:
-                hits = await lexical_search(
-                    session,
-                    dialect=self.dialect,
-                    tenant_id=tenant_id,
-                    kb_ids=kb_ids,
-                    terms=terms,
-                    limit=top_k,
-                    document_ids=document_ids,
-                )
+                hits = await lexical(limit=top_k)
                 return SearchResult("lexical", [_passage(hit, hit.score) for hit in hits])
             return await self._hybrid(
-                session, tenant_id, kb_ids, vector_kbs, query, terms, top_k, document_ids
+                session, tenant_id, vector_kbs, query, lexical, top_k, document_ids
             )
 
     async def _vector_kbs(
@@ -284,10 +285,9 @@ class KnowledgeIndex:
         self,
         session: AsyncSession,
         tenant_id: str,
-        kb_ids: list[str],
         vector_kbs: list[tuple[str, object]],
         query: str,
-        terms: list[str],
+        lexical: Callable[..., Awaitable[list[LexicalHit]]],
         top_k: int,
         document_ids: Sequence[str] | None,
     ) -> SearchResult:
@@ -313,15 +313,8 @@ class KnowledgeIndex:
             nearest_task = asyncio.create_task(
                 self._nearest(embedding, matrices, pool, document_ids)
             )
-            hits = await lexical_search(
-                session,
-                dialect=self.dialect,
-                tenant_id=tenant_id,
-                kb_ids=kb_ids,
-                terms=terms,
-                limit=max(top_k, LEXICAL_FUSION_DEPTH),  # all of it if the embedder fails
-                document_ids=document_ids,
-            )
+            # All of it if the embedder fails.
+            hits = await lexical(limit=max(top_k, LEXICAL_FUSION_DEPTH))
             nearest = await nearest_task
         finally:
             embedding.cancel()
