@@ -142,7 +142,13 @@ def create_app(
             allow_origins=settings.cors_origins,
             allow_credentials=False,  # cross-origin callers use bearer tokens, not cookies
             allow_methods=["GET", "POST", "PATCH", "DELETE"],
-            allow_headers=["authorization", "content-type", "last-event-id", "x-request-id"],
+            allow_headers=[
+                "authorization",
+                "content-type",
+                "idempotency-key",
+                "last-event-id",
+                "x-request-id",
+            ],
             expose_headers=[
                 "x-request-id",
                 "retry-after",

@@ -44,7 +44,14 @@ class Message(IdMixin, CreatedMixin, Base):
 
 class Turn(IdMixin, CreatedMixin, Base):
     __tablename__ = "turns"
-    __table_args__ = (Index("ix_turns_conversation_status", "conversation_id", "status"),)
+    __table_args__ = (
+        Index("ix_turns_conversation_status", "conversation_id", "status"),
+        # One turn per Idempotency-Key in a conversation (a conversation has one owner, so
+        # the key is scoped to its tenant and user too); NULL keys never collide.
+        Index(
+            "uq_turns_conversation_idempotency", "conversation_id", "idempotency_key", unique=True
+        ),
+    )
 
     conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
     tenant_id: Mapped[str] = mapped_column(String(32))
@@ -61,3 +68,7 @@ class Turn(IdMixin, CreatedMixin, Base):
     assistant_message_id: Mapped[str | None] = mapped_column(String(32))
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The client's Idempotency-Key of the post that created it, and the SHA-256 of that
+    # post's body, so a retry with another body under the same key is refused.
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    request_hash: Mapped[str | None] = mapped_column(String(64))

@@ -64,6 +64,17 @@ class ChatRepository:
         )
         return result.first()
 
+    async def turn_posted_with(self, conversation_id: str, idempotency_key: str) -> Turn | None:
+        result = await self.session.scalars(
+            select(Turn).where(
+                Turn.conversation_id == conversation_id,
+                Turn.idempotency_key == idempotency_key,
+                Turn.tenant_id == self.tenant_id,
+                Turn.user_id == self.user_id,
+            )
+        )
+        return result.first()
+
     async def active_turn_id(self, conversation_id: str) -> str | None:
         result = await self.session.scalars(
             select(Turn.id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 
 from chatplane.auth.deps import ChatPrincipal, ServicesDep
 from chatplane.chat.models import Conversation, Turn
@@ -134,9 +134,12 @@ async def post_message(
     principal: ChatPrincipal,
     services: ServicesDep,
     request: Request,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> TurnAccepted:
     """Answered at once with 202; the turn runs on a worker. While this server drains
-    (a restart), 503 `draining` with `Retry-After`: send it again."""
+    (a restart), 503 `draining` with `Retry-After`: send it again. With an
+    `Idempotency-Key`, sending it again (after a time-out, a 502 or a 503) never stores it
+    twice: the same key and body answer the first post's 202."""
     request.app.state.drain.refuse_new_work()
     turn = await services.chat.post_message(
         principal,
@@ -144,6 +147,7 @@ async def post_message(
         content=body.content,
         model=body.model,
         knowledge_base_ids=body.knowledge_base_ids,
+        idempotency_key=idempotency_key,
     )
     return TurnAccepted(
         turn_id=turn.id,

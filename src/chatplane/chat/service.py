@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import orjson
 import structlog
 from sqlalchemy import insert, update
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from chatplane.auth.principal import Principal
@@ -18,7 +21,7 @@ from chatplane.chat.runner import fit_context
 from chatplane.db.base import new_id, utcnow
 from chatplane.db.cursors import decode_cursor, encode_cursor
 from chatplane.db.engine import Database, is_outage
-from chatplane.errors import BadRequest, ChatplaneError, NotFound, ServiceUnavailable
+from chatplane.errors import BadRequest, ChatplaneError, Conflict, NotFound, ServiceUnavailable
 from chatplane.knowledge.service import KnowledgeService, retrieval_prompt_bound
 from chatplane.limits.service import Admission, LimitService
 from chatplane.providers.protocol import ChatMessage, Usage
@@ -31,6 +34,8 @@ log = structlog.get_logger("chatplane.chat")
 DEFAULT_TITLE = "New chat"
 TITLE_FROM_MESSAGE_CHARS = 60
 TURN_JOB = "turn"
+# An Idempotency-Key: 1 to 255 printable ASCII characters, not starting or ending in a space.
+_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]{0,253}[\x21-\x7e])?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +50,32 @@ def title_from(content: str) -> str:
     if len(line) <= TITLE_FROM_MESSAGE_CHARS:
         return line or DEFAULT_TITLE
     return line[:TITLE_FROM_MESSAGE_CHARS].rsplit(" ", 1)[0] + "…"
+
+
+def check_idempotency_key(key: str) -> str:
+    if _IDEMPOTENCY_KEY.fullmatch(key) is None:
+        raise BadRequest(
+            "The idempotency key must be 1 to 255 printable ASCII characters",
+            code="invalid_idempotency_key",
+        )
+    return key
+
+
+def request_hash(content: str, model: str | None, knowledge_base_ids: Sequence[str] | None) -> str:
+    """The fingerprint of a message post's body, to tell a retry from another request
+    that reuses its idempotency key."""
+    body = {"content": content, "model": model, "knowledge_base_ids": knowledge_base_ids}
+    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def _replay(turn: Turn, fingerprint: str | None) -> Turn:
+    """The turn an earlier post with the same idempotency key created, if it had this body."""
+    if turn.request_hash != fingerprint:
+        raise Conflict(
+            "This idempotency key was already used with another request body",
+            code="idempotency_key_reused",
+        )
+    return turn
 
 
 class ChatService:
@@ -172,13 +203,27 @@ class ChatService:
         content: str,
         model: str | None,
         knowledge_base_ids: Sequence[str] | None = None,
+        idempotency_key: str | None = None,
     ) -> Turn:
         """A message's own knowledge bases must all be readable (404 otherwise); the
-        conversation's are used when it gives none, less any deleted or made private since."""
+        conversation's are used when it gives none, less any deleted or made private since.
+
+        With an idempotency key, a post the conversation already has under that key is not
+        stored again: the same body answers its turn, another body is refused (409). The
+        unique index on (conversation, key) decides between two that race."""
         now = utcnow()
         turn_id = new_id()
+        fingerprint: str | None = None
+        if idempotency_key is not None:
+            check_idempotency_key(idempotency_key)
+            fingerprint = request_hash(content, model, knowledge_base_ids)
         async with self.db.session() as session:
-            conversation = await _require(_repo(session, principal), conversation_id)
+            repo = _repo(session, principal)
+            conversation = await _require(repo, conversation_id)
+            if idempotency_key is not None:
+                earlier = await repo.turn_posted_with(conversation_id, idempotency_key)
+                if earlier is not None:
+                    return _replay(earlier, fingerprint)
             if knowledge_base_ids is not None:
                 kb_ids = await self._knowledge_bases(principal, knowledge_base_ids)
             else:
@@ -215,6 +260,8 @@ class ChatService:
                     status="queued",
                     attempts=0,
                     created_at=now,
+                    idempotency_key=idempotency_key,
+                    request_hash=fingerprint,
                 )
                 await session.execute(insert(Turn).values(row_of(turn)))
                 changes: dict[str, object] = {"updated_at": now}
@@ -227,6 +274,18 @@ class ChatService:
                     .execution_options(synchronize_session=False)
                 )
                 await self._commit_turn(session, turn_id)
+            except IntegrityError:
+                await admission.finish(0.0)
+                if idempotency_key is None:
+                    raise
+                # The other post's INSERT won the unique index, so it has committed by now
+                # (this INSERT waited for it): answer with its turn.
+                await session.rollback()
+                winner = await repo.turn_posted_with(conversation_id, idempotency_key)
+                if winner is None:
+                    raise
+                log.info("idempotent_post_raced", turn_id=winner.id)
+                return _replay(winner, fingerprint)
             except BaseException:
                 await admission.finish(0.0)
                 raise

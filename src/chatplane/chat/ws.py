@@ -67,6 +67,8 @@ class Cancel(TurnRef):
 class SendMessage(MessageIn):
     type: Literal["send"]
     conversation_id: str = Field(min_length=1, max_length=64)
+    # As the HTTP post's Idempotency-Key header: a send repeated with it is stored once.
+    idempotency_key: str | None = None
 
 
 ClientMessage = Subscribe | Unsubscribe | Cancel | SendMessage
@@ -295,6 +297,7 @@ class Channel:
                     content=command.content,
                     model=command.model,
                     knowledge_base_ids=command.knowledge_base_ids,
+                    idempotency_key=command.idempotency_key,
                 )
             except ChatplaneError as exc:
                 await self._error(exc, conversation_id=command.conversation_id)

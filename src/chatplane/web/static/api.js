@@ -52,8 +52,12 @@ export function onUnauthorized(listener) {
 }
 
 /** One call to the API; answers the parsed JSON (null for 204), throws ApiError. */
-export async function request(method, path, { body, quiet401 = false, signal } = {}) {
-  const headers = { Accept: "application/json" };
+export async function request(
+  method,
+  path,
+  { body, quiet401 = false, signal, headers: extra } = {},
+) {
+  const headers = { Accept: "application/json", ...extra };
   if (body !== undefined) headers["Content-Type"] = "application/json";
   if (method !== "GET" && method !== "HEAD") headers["X-CSRF-Token"] = readCookie(CSRF_COOKIE);
 
@@ -87,7 +91,7 @@ export async function request(method, path, { body, quiet401 = false, signal } =
       // breaking; a write is refused as it is (the caller says so; nothing was stored).
       if (method === "GET") {
         await whenRecovered(signal);
-        return request(method, path, { body, quiet401, signal });
+        return request(method, path, { body, quiet401, signal, headers: extra });
       }
     }
     throw error;
@@ -96,6 +100,12 @@ export async function request(method, path, { body, quiet401 = false, signal } =
 }
 
 const enc = encodeURIComponent;
+
+/** A fresh Idempotency-Key: 128 random bits (getRandomValues also works outside HTTPS). */
+export function newIdempotencyKey() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
 
 export const api = {
   login: (email, password) =>
@@ -124,9 +134,11 @@ export const api = {
     }),
   deleteConversation: (id) => request("DELETE", `/api/conversations/${enc(id)}`),
 
-  sendMessage: (conversationId, content, model) =>
+  // Sent again with the same `idempotencyKey`, a message is stored once.
+  sendMessage: (conversationId, content, model, idempotencyKey) =>
     request("POST", `/api/conversations/${enc(conversationId)}/messages`, {
       body: model ? { content, model } : { content },
+      headers: idempotencyKey ? { "Idempotency-Key": idempotencyKey } : undefined,
     }),
   getTurn: (turnId) => request("GET", `/api/turns/${enc(turnId)}`),
   cancelTurn: (turnId) => request("POST", `/api/turns/${enc(turnId)}/cancel`),

@@ -1,6 +1,6 @@
 // chatplane web app: login, conversation list, chat thread with streamed answers.
 
-import { ApiError, api, mayHaveSession, onUnauthorized } from "./api.js";
+import { ApiError, api, mayHaveSession, newIdempotencyKey, onUnauthorized } from "./api.js";
 import { KnowledgePicker } from "./kb-picker.js";
 import { KnowledgePages } from "./knowledge.js";
 import { ModelPicker } from "./models.js";
@@ -446,6 +446,25 @@ async function refreshConversationMeta(id) {
 
 // ---------------------------------------------------------------- sending and streaming
 
+// The last send whose answer never came (network error, 5xx): it may be stored. Sending the
+// same message again reuses its Idempotency-Key, so the server answers with the stored turn
+// instead of storing the message twice; any other message gets a fresh key.
+let unconfirmedSend = null;
+
+function idempotencyKeyFor(conversationId, content, model) {
+  const last = unconfirmedSend;
+  const same =
+    last?.conversationId === conversationId && last.content === content && last.model === model;
+  if (same) return last.key;
+  unconfirmedSend = { conversationId, content, model, key: newIdempotencyKey() };
+  return unconfirmedSend.key;
+}
+
+/** Whether a failed send may still have been stored (no answer, or the server's fault). */
+function mayHaveBeenStored(error) {
+  return error?.status === 0 || error?.status >= 500;
+}
+
 async function sendMessage() {
   const input = $("composer-input");
   const content = input.value.trim();
@@ -481,10 +500,18 @@ async function deliver(content) {
   }
 
   const userNode = thread.addUser(content);
+  const model = models.value;
   let accepted;
   try {
-    accepted = await api.sendMessage(conversationId, content, models.value);
+    accepted = await api.sendMessage(
+      conversationId,
+      content,
+      model,
+      idempotencyKeyFor(conversationId, content, model),
+    );
+    unconfirmedSend = null;
   } catch (error) {
+    if (!mayHaveBeenStored(error)) unconfirmedSend = null;
     userNode.remove();
     thread.updateWelcome();
     restoreDraft();
