@@ -36,6 +36,7 @@ from chatplane.providers.endpoints import ModelEndpointService
 from chatplane.providers.http import UpstreamHttp
 from chatplane.providers.registry import ModelRegistry, build_registry
 from chatplane.settings import Settings
+from chatplane.usage.journal import create_usage_journal
 from chatplane.usage.recorder import UsageRecorder
 
 log = structlog.get_logger("chatplane")
@@ -139,7 +140,7 @@ async def build_services(
         cache=cache,
         chat=ChatService(db, broker, registry, limits, settings, knowledge),
         runner=runner,
-        usage=UsageRecorder(db),
+        usage=UsageRecorder(db, create_usage_journal(settings)),
         oidc=OidcClient(settings, http),
         endpoints=ModelEndpointService(
             db, registry, SecretBox(encryption_key(settings)), audit, cache

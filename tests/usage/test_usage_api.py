@@ -374,6 +374,7 @@ async def test_the_csv_export_has_names_fixed_decimals_and_no_formulas(live: Liv
         "prompt_tokens",
         "completion_tokens",
         "cost_usd",
+        "cached_requests",
     ]
     assert table[1:] == [
         [
@@ -387,6 +388,7 @@ async def test_the_csv_export_has_names_fixed_decimals_and_no_formulas(live: Liv
             "20",
             "40",
             "5.00000000",
+            "0",
         ],
         [
             "2024-01-10",
@@ -399,8 +401,9 @@ async def test_the_csv_export_has_names_fixed_decimals_and_no_formulas(live: Liv
             "10",
             "20",
             "0.12345679",
+            "0",
         ],
-        ["2024-01-11", "'@sum", "", "", "", "", "1", "5", "6", "0.00000000"],
+        ["2024-01-11", "'@sum", "", "", "", "", "1", "5", "6", "0.00000000", "0"],
     ]
     async with live.client(org.owner.key) as client:
         bad = await client.get("/api/admin/usage.csv", params={"from": "2024-13-01"})

@@ -16,6 +16,8 @@ Helpers for code that records metrics (each costs about a microsecond):
   concurrency, budget), scope in `LIMIT_SCOPES` (ip, user, key, tenant).
 - `login_failed(reason)`: credentials, disabled or locked.
 - `redis_error(component)`: a Redis call failed (broker, broker_reader, limits, cache...).
+- `usage_journal(outcome, records)`: gateway usage records spilled to the journal,
+  replayed from it, or dropped.
 - turns: `turn_started`, `turn_first_token`, `turn_ended` (the runner).
 - `citations_dropped(count)`: numbers an answer cited that named no given passage.
 - caches (`chatplane.cache`): `cache_lookup_counters(cache, tier)`,
@@ -160,6 +162,12 @@ DB_UNAVAILABLE = Counter(
     "Database calls that failed because the database could not be reached, by reason "
     "(refused, timeout, lost).",
     ["reason"],
+)
+USAGE_JOURNAL = Counter(
+    "chatplane_usage_journal_records",
+    "Gateway usage records the database could not take when they were due, by outcome: "
+    "spilled (to the journal), replayed (from it into the database), dropped (lost).",
+    ["outcome"],
 )
 LIMIT_REFUSALS = Counter(
     "chatplane_limit_refusals",
@@ -520,6 +528,12 @@ def redis_error(component: str) -> None:
 
 def db_unavailable(reason: str) -> None:
     DB_UNAVAILABLE.labels(reason).inc()
+
+
+def usage_journal(outcome: str, records: int) -> None:
+    """`spilled`, `replayed` or `dropped` gateway usage records (`chatplane.usage.recorder`)."""
+    if records:
+        USAGE_JOURNAL.labels(outcome).inc(records)
 
 
 def citations_dropped(count: int) -> None:

@@ -20,7 +20,9 @@ LABEL_COLUMNS = {
     "key": ("api_key_id", "key_name"),
     "source": ("source",),
 }
-SUM_COLUMNS = ("requests", "prompt_tokens", "completion_tokens", "cost_usd")
+# `cached_requests` (of `requests`, those answered from the gateway response cache, at no
+# cost) comes last, so a sheet that reads the earlier columns by position keeps working.
+SUM_COLUMNS = ("requests", "prompt_tokens", "completion_tokens", "cost_usd", "cached_requests")
 
 
 def safe_cell(value: str | None) -> str:
@@ -43,6 +45,7 @@ def line(row: UsageRow, groups: Iterable[str]) -> list[str]:
         str(row.prompt_tokens),
         str(row.completion_tokens),
         f"{row.cost_usd:.8f}",
+        str(row.cached_requests),
     ]
 
 

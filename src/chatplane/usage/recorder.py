@@ -1,4 +1,10 @@
-"""Writes gateway usage to the database in batches, off the request path."""
+"""Writes gateway usage to the database in batches, off the request path.
+
+While the database does not answer, records wait in memory and are retried. What is still
+waiting when the process stops (or when the backlog reaches `SPILL_AT`) goes to the usage
+journal (`chatplane.usage.journal`), which every process replays into the database at start
+and every `REPLAY_INTERVAL_S`; the insert skips ids already stored, so a replay is harmless
+twice."""
 
 from __future__ import annotations
 
@@ -11,6 +17,8 @@ from sqlalchemy import Insert, insert
 from chatplane.db.base import new_id, utcnow
 from chatplane.db.engine import Database
 from chatplane.errors import ServiceUnavailable
+from chatplane.observability import metrics
+from chatplane.usage.journal import ClaimedBatch, JournalUnavailable, Row, UsageJournal
 from chatplane.usage.models import UsageRecord
 
 log = structlog.get_logger("chatplane.usage")
@@ -18,6 +26,11 @@ log = structlog.get_logger("chatplane.usage")
 FLUSH_INTERVAL_S = 0.5
 MAX_BATCH = 500
 MAX_BACKLOG = 100_000
+# A backlog this long means the database has been away for a while: it goes to the journal
+# (from the flush loop, never from `record`), so memory stays bounded and nothing is dropped
+# while the journal takes it.
+SPILL_AT = MAX_BACKLOG // 2
+REPLAY_INTERVAL_S = 30.0
 
 
 def _insert_skipping_stored_ids(dialect: str) -> Insert:
@@ -35,17 +48,34 @@ def _insert_skipping_stored_ids(dialect: str) -> Insert:
 
 
 class UsageRecorder:
-    def __init__(self, db: Database) -> None:
+    def __init__(
+        self,
+        db: Database,
+        journal: UsageJournal | None = None,
+        *,
+        replay_interval_s: float = REPLAY_INTERVAL_S,
+        spill_at: int = SPILL_AT,
+    ) -> None:
         self.db = db
-        self._pending: list[dict[str, object]] = []
+        self.journal = journal
+        self.replay_interval_s = replay_interval_s
+        self.spill_at = spill_at
+        self._pending: list[Row] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._replay_task: asyncio.Task[None] | None = None
         self.dropped = 0
         self._insert = _insert_skipping_stored_ids(db.engine.dialect.name)
 
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._flush_loop(), name="usage-recorder")
+        if self._replay_task is None and self.journal is not None:
+            self._replay_task = asyncio.create_task(self._replay_loop(), name="usage-replay")
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
 
     def record(
         self,
@@ -61,7 +91,7 @@ class UsageRecorder:
         cached: bool = False,
     ) -> None:
         if len(self._pending) >= MAX_BACKLOG:
-            self.dropped += 1
+            self._drop(1)
             return
         self._pending.append(
             {
@@ -94,6 +124,11 @@ class UsageRecorder:
                 await self._write_batch()
             except Exception:  # a batch the database refuses must not stop every later one
                 log.exception("usage_flush_failed")
+            if len(self._pending) >= self.spill_at and self.journal is not None:
+                try:
+                    await self._spill_pending()
+                except JournalUnavailable as exc:
+                    log.warning("usage_spill_failed", error=str(exc), pending=len(self._pending))
 
     async def flush(self) -> None:
         """Write everything pending (at shutdown, and for tests)."""
@@ -114,14 +149,95 @@ class UsageRecorder:
             self._pending[:0] = batch
             log.warning("usage_flush_deferred", pending=len(self._pending))
             return False
+        except asyncio.CancelledError:
+            # Stopped mid-write (shutdown): kept for the final flush, or the journal.
+            self._pending[:0] = batch
+            raise
         except Exception:
-            self.dropped += len(batch)
+            self._drop(len(batch))
             raise
         return True
 
+    def _drop(self, records: int) -> None:
+        self.dropped += records
+        metrics.usage_journal("dropped", records)
+
+    async def _spill_pending(self) -> None:
+        """Move every pending record to the journal, in batches the replay inserts at once."""
+        assert self.journal is not None
+        # The rows stay pending until the journal has them: a spill cut short (the process
+        # stopping) leaves them to the next try, which at worst journals them twice, and the
+        # replay stores each id once.
+        rows = self._pending[:]
+        await self.journal.spill(
+            [rows[start : start + MAX_BATCH] for start in range(0, len(rows), MAX_BATCH)]
+        )
+        del self._pending[: len(rows)]
+        metrics.usage_journal("spilled", len(rows))
+        log.warning("usage_spilled", records=len(rows))
+
+    async def _replay_loop(self) -> None:
+        while True:
+            try:
+                await self.replay()
+            except JournalUnavailable as exc:
+                log.warning("usage_replay_failed", error=str(exc))
+            except Exception:  # a batch the database refuses must not stop later replays
+                log.exception("usage_replay_failed")
+            await asyncio.sleep(self.replay_interval_s)
+
+    async def replay(self) -> int:
+        """Insert journaled batches, one claimed batch at a time, until the journal is empty
+        or the database does not answer; a batch leaves the journal only after its commit.
+        Returns the number of records replayed."""
+        if self.journal is None:
+            return 0
+        replayed = 0
+        while (batch := await self.journal.claim()) is not None:
+            try:
+                async with self.db.session() as session:
+                    await session.execute(self._insert, batch.rows)
+                    await session.commit()
+            except ServiceUnavailable:
+                await self._release(batch)
+                log.warning("usage_replay_deferred", replayed=replayed)
+                return replayed
+            except BaseException:
+                await self._release(batch)
+                raise
+            await self.journal.done(batch)
+            replayed += len(batch.rows)
+            metrics.usage_journal("replayed", len(batch.rows))
+        if replayed:
+            log.info("usage_replayed", records=replayed)
+        return replayed
+
+    async def _release(self, batch: ClaimedBatch) -> None:
+        """Back to the journal for the next try; if the journal does not answer either, the
+        claim runs out and whoever claims next takes it."""
+        assert self.journal is not None
+        with contextlib.suppress(JournalUnavailable):
+            await self.journal.release(batch)
+
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        """Stop the loops, write what the database takes, and journal the rest."""
+        for task in (self._task, self._replay_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._task = self._replay_task = None
         await self.flush()
+        if self._pending:
+            if self.journal is None:
+                log.error("usage_lost", records=len(self._pending))
+                self._drop(len(self._pending))
+                self._pending = []
+            else:
+                try:
+                    await self._spill_pending()
+                except JournalUnavailable as exc:
+                    log.error("usage_lost", records=len(self._pending), error=str(exc))
+                    self._drop(len(self._pending))
+                    self._pending = []
+        if self.journal is not None:
+            await self.journal.close()
