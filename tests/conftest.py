@@ -47,6 +47,10 @@ def make_settings(data_dir: Path, **overrides: Any) -> Settings:
         "rate_limit_user_rpm": 100_000,
         "rate_limit_ip_rpm": 100_000,
         "rate_limit_ip_zones": {},
+        # The suites' servers share the run's Postgres database, each with a broker of its
+        # own: several deployments on one database, which the turn sweeper does not support
+        # (each would take the others' running turns for lost). Its tests turn it on.
+        "turn_sweep_interval_s": 0,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

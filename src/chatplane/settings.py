@@ -89,6 +89,12 @@ class Settings(BaseSettings):
     turn_concurrency: int = Field(default=32, ge=1)
     # On SIGTERM: how long running turns may finish before they are handed back.
     drain_timeout_s: float = Field(default=25.0, ge=0)
+    # The turn sweeper (chat/sweeper.py): this often (0: never) it re-queues turns left
+    # queued or running with no job for longer than the grace, and fails those past
+    # `turn_max_attempts` runs or the max age.
+    turn_sweep_interval_s: float = Field(default=30.0, ge=0)
+    turn_sweep_grace_s: float = Field(default=60.0, gt=0)
+    turn_sweep_max_age_s: float = Field(default=3600.0, gt=0)
 
     # Single sign-on with any OpenID Connect provider (authorization code + PKCE).
     oidc_issuer: str | None = None

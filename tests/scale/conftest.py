@@ -28,6 +28,9 @@ async def cluster(postgres_url: str, tmp_path: Path) -> AsyncIterator[Cluster]:
         CHATPLANE_MOCK_CHUNK_DELAY_MS="40",
         CHATPLANE_JOB_VISIBILITY_TIMEOUT_S="2",
         CHATPLANE_SSE_KEEPALIVE_S="1",
+        # Clusters share the run's database, each with a Redis prefix of its own: the turn
+        # sweeper would take other tests' turns for lost. Its test turns it on.
+        CHATPLANE_TURN_SWEEP_INTERVAL_S="0",
     )
     run_cli(env, "db", "upgrade")
     built = Cluster(env, tmp_path)

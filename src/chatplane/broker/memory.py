@@ -180,6 +180,14 @@ class MemoryBroker:
         self._ensure_open()
         return len(self._jobs)
 
+    async def job_subjects(self, kind: str, key: str) -> set[str]:
+        self._ensure_open()
+        return {
+            str(job.payload[key])
+            for job in self._jobs.values()
+            if job.kind == kind and key in job.payload
+        }
+
     async def stats(self) -> QueueStats:
         self._ensure_open()
         oldest = min((self._jobs[job_id].enqueued_at for job_id in self._ready), default=None)

@@ -98,6 +98,11 @@ class Broker(Protocol):
     async def queue_depth(self) -> int:
         """Jobs waiting plus jobs claimed but not acknowledged."""
 
+    async def job_subjects(self, kind: str, key: str) -> set[str]:
+        """`payload[key]` of every job of `kind` waiting or claimed (not yet acknowledged
+        or dead-lettered): what the queue still holds work for. Reads the whole queue; for
+        the sweeper, not for a hot path."""
+
     async def stats(self) -> QueueStats:
         """The queue at a glance, for metrics: one cheap call (one round trip on Redis)."""
 

@@ -62,6 +62,7 @@ _GROUP = "workers"
 _RELEASED = "(released)"  # placeholder owner of released jobs
 _RELEASED_IDLE_MS = 10**12  # "idle for decades": the next claim takes it
 _STALE_SCAN = 16
+_SUBJECTS_BATCH = 1000  # queue entries read per XRANGE by `job_subjects`
 _CONNECT_TIMEOUT_S = 2.0
 _SOCKET_TIMEOUT_S = 5.0
 _POOL_WAIT_S = 10.0
@@ -264,6 +265,26 @@ class RedisBroker:
         async with self._op() as conn:
             depth: int = await conn.client.xlen(self._jobs_key)
         return depth
+
+    async def job_subjects(self, kind: str, key: str) -> set[str]:
+        # The queue stream holds exactly the jobs not yet acknowledged (`ack` deletes the
+        # entry, dead-lettering moves it out): waiting and claimed ones alike.
+        subjects: set[str] = set()
+        start = "-"
+        async with self._op() as conn:
+            while True:
+                entries: Any = await conn.client.xrange(
+                    self._jobs_key, min=start, max="+", count=_SUBJECTS_BATCH
+                )
+                for _entry_id, fields in entries:
+                    if fields.get("kind") != kind:
+                        continue
+                    value = orjson.loads(fields["payload"]).get(key)
+                    if value is not None:
+                        subjects.add(str(value))
+                if len(entries) < _SUBJECTS_BATCH:
+                    return subjects
+                start = "(" + str(entries[-1][0])
 
     async def stats(self) -> QueueStats:
         async with self._op() as conn:

@@ -369,14 +369,23 @@ class TurnRunner:
         return 0.0
 
     async def fail_abandoned(
-        self, turn_id: str, detail: str, payload: Mapping[str, Any] | None = None
-    ) -> None:
-        """A turn whose job failed on every attempt ends `failed` instead of hanging."""
+        self,
+        turn_id: str,
+        detail: str,
+        payload: Mapping[str, Any] | None = None,
+        *,
+        code: str = "turn_abandoned",
+    ) -> bool:
+        """A turn whose job failed on every attempt (or, `turn_lost`, that the sweeper
+        found with no job once too often) ends `failed` instead of hanging. Whether this
+        call ended it (False: it had ended already, or no longer exists)."""
         async with self.db.session() as session:
             turn = await TurnRepository(session).turn(turn_id)
-        if turn is not None:
-            cost = await self._finish_failed(turn, "turn_abandoned", detail)
-            await self._settle(turn, payload or {}, cost)
+        if turn is None:
+            return False
+        cost = await self._finish_failed(turn, code, detail)
+        await self._settle(turn, payload or {}, cost)
+        return cost is not None
 
     async def _store(
         self,

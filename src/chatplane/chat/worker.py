@@ -14,9 +14,12 @@ from typing import Protocol
 
 import structlog
 
+from chatplane.broker.memory import MemoryBroker
 from chatplane.broker.protocol import Broker, Job
 from chatplane.chat.runner import TurnRunner
 from chatplane.chat.service import TURN_JOB
+from chatplane.chat.sweeper import TurnSweeper
+from chatplane.db.base import utcnow
 from chatplane.errors import DatabaseUnavailable, ServiceUnavailable
 from chatplane.observability.metrics import turn_worker_done, turn_worker_took
 
@@ -75,6 +78,19 @@ class TurnWorker:
         self._running: dict[asyncio.Task[None], Job] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self._sweep_task: asyncio.Task[None] | None = None
+        self._turn_sweep_task: asyncio.Task[None] | None = None
+        self.turn_sweep_interval_s = runner.settings.turn_sweep_interval_s
+        # The embedded shape (SQLite, the in-process broker: one process owns the database)
+        # starts with an empty broker: whatever a previous `serve` had queued or running is
+        # gone, so the first sweep recovers every turn older than this worker.
+        embedded = isinstance(broker, MemoryBroker) and runner.settings.is_embedded_db
+        self.sweeper = TurnSweeper(
+            runner.db,
+            broker,
+            runner,
+            runner.settings,
+            recover_before=utcnow() if embedded else None,
+        )
         self._seen_dead: dict[str, None] = {}  # insertion-ordered, bounded
         self._stopping = asyncio.Event()
 
@@ -86,6 +102,10 @@ class TurnWorker:
         if self._loop_task is None:
             self._loop_task = asyncio.create_task(self._claim_loop(), name="turn-claim-loop")
             self._sweep_task = asyncio.create_task(self._sweep_loop(), name="dead-letter-sweep")
+            if self.turn_sweep_interval_s > 0:
+                self._turn_sweep_task = asyncio.create_task(
+                    self._turn_sweep_loop(), name="turn-sweep"
+                )
 
     async def _sweep_loop(self) -> None:
         while not self._stopping.is_set():
@@ -94,6 +114,20 @@ class TurnWorker:
             except ServiceUnavailable as exc:
                 log.warning("dead_letter_sweep_skipped", error=exc.detail)
             await asyncio.sleep(DEAD_LETTER_SWEEP_S)
+
+    async def _turn_sweep_loop(self) -> None:
+        """Sweep at once (recovering what a restart lost), then every interval."""
+        while not self._stopping.is_set():
+            try:
+                result = await self.sweeper.sweep()
+            except ServiceUnavailable as exc:
+                log.warning("turn_sweep_skipped", error=exc.detail)
+            except Exception:  # a failed sweep must not end the sweeping: the next may work
+                log.exception("turn_sweep_failed")
+            else:
+                if result.requeued or result.failed:
+                    log.info("turn_sweep_done", requeued=result.requeued, failed=result.failed)
+            await asyncio.sleep(self.turn_sweep_interval_s)
 
     async def fail_dead_lettered(self) -> int:
         """A job that died on every attempt went to the dead-letter list while its turn
@@ -187,7 +221,7 @@ class TurnWorker:
     async def stop(self, *, deadline_s: float) -> None:
         """Stop claiming, let running turns finish within the deadline, hand back the rest."""
         self._stopping.set()
-        for task in (self._loop_task, self._sweep_task):
+        for task in (self._loop_task, self._sweep_task, self._turn_sweep_task):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)

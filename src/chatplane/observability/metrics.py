@@ -19,6 +19,7 @@ Helpers for code that records metrics (each costs about a microsecond):
 - `usage_journal(outcome, records)`: gateway usage records spilled to the journal,
   replayed from it, or dropped.
 - turns: `turn_started`, `turn_first_token`, `turn_ended` (the runner).
+- `turn_swept(action)`: the turn sweeper requeued or failed a turn left with no job.
 - `citations_dropped(count)`: numbers an answer cited that named no given passage.
 - caches (`chatplane.cache`): `cache_lookup_counters(cache, tier)`,
   `cache_invalidation(cache, direction)`, `cache_error(op)`.
@@ -60,6 +61,7 @@ LIMIT_KINDS = frozenset({"rate", "concurrency", "budget"})
 LIMIT_SCOPES = frozenset({"ip", "user", "key", "tenant"})
 LOGIN_FAILURE_REASONS = frozenset({"credentials", "disabled", "locked"})
 TURN_OUTCOMES = frozenset({"completed", "failed", "cancelled"})
+SWEEP_ACTIONS = frozenset({"requeued", "failed"})
 UNMATCHED = "unmatched"
 OTHER = "other"
 ABANDONED_CODE = "turn_abandoned"  # the runner's error code for a job given up on
@@ -130,6 +132,12 @@ JOBS_RECLAIMED = Counter(
 JOBS_DEAD_LETTERED = Counter(
     "chatplane_jobs_dead_lettered",
     "Turn jobs given up after every attempt; their turn ended failed (turn_abandoned).",
+)
+TURNS_SWEPT = Counter(
+    "chatplane_turns_swept",
+    "Turns the sweeper found queued or running with no job: requeued (a job queued again) "
+    "or failed (turn_lost: past the attempt limit or the max age).",
+    ["action"],
 )
 DB_POOL_IN_USE = Gauge(
     "chatplane_db_pool_in_use",
@@ -455,6 +463,11 @@ def turn_ended(
         _count_usage(turn.model, turn.tenant_id, usage, usage.cost_usd)
     if error_code == ABANDONED_CODE:
         JOBS_DEAD_LETTERED.inc()
+
+
+def turn_swept(action: str) -> None:
+    """The turn sweeper requeued or failed a turn (action in `SWEEP_ACTIONS`)."""
+    TURNS_SWEPT.labels(action if action in SWEEP_ACTIONS else OTHER).inc()
 
 
 def turn_worker_took() -> None:
