@@ -173,7 +173,15 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     # A clean, embedded install: no CHATPLANE_* setting from the caller's shell, and the data
     # dir as working directory so no developer's .env file is read either.
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHATPLANE_")}
-    env |= {"CHATPLANE_DATA_DIR": str(data_dir), "CHATPLANE_MOCK_CHUNK_DELAY_MS": "30"}
+    env |= {
+        "CHATPLANE_DATA_DIR": str(data_dir),
+        "CHATPLANE_MOCK_CHUNK_DELAY_MS": "30",
+        # The cheapest argon2id, as every other test server: a sign-in costs a millisecond
+        # instead of a quarter of a second (the suite signs in some fifty times).
+        "CHATPLANE_PASSWORD_TIME_COST": "1",
+        "CHATPLANE_PASSWORD_MEMORY_KIB": "1024",
+        "CHATPLANE_PASSWORD_PARALLELISM": "1",
+    }
     owner = Account("alice@example.com", "correct-horse-battery-staple-42")
     admin = Account("admin@example.com", "admin-password-for-tests-1")
     member = Account("member@example.com", "member-password-for-tests-1")

@@ -51,8 +51,13 @@ async def proxied_server(
         await server.wait_ready()
         yield LiveServer(base_url=server.base_url, email=email, password=PASSWORD), proxy
     finally:
-        server.stop()
-        await proxy.close()
+        # The proxy runs in this event loop: the server's shutdown closes its database
+        # connections through it, so wait for the exit without blocking the loop.
+        try:
+            await server.terminate()
+        finally:
+            server.stop()  # closes the log (and kills the server if it did not exit)
+            await proxy.close()
 
 
 async def test_the_banner_shows_during_a_database_outage_and_goes_after(
