@@ -14,6 +14,7 @@ import pytest
 from redis.asyncio import Redis
 
 from chatplane.broker import MemoryBroker, RedisBroker
+from chatplane.broker.protocol import Broker, Event
 
 REDIS_URL = os.environ.get("CHATPLANE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 RUN_ID = uuid.uuid4().hex[:8]
@@ -71,3 +72,19 @@ async def eventually(
         if asyncio.get_running_loop().time() > deadline:
             pytest.fail(f"condition not met within {timeout_s} s")
         await asyncio.sleep(0.01)
+
+
+TURN_ENDS = {"turn.completed", "turn.failed", "turn.cancelled"}
+
+
+async def events_until_end(broker: Broker, turn_id: str, *, timeout_s: float = 10) -> list[Event]:
+    """Every event of a turn, from the first to its outcome."""
+    events: list[Event] = []
+    after = None
+    async with asyncio.timeout(timeout_s):
+        while not events or events[-1].type not in TURN_ENDS:
+            batch = await broker.read(turn_id, after, timeout_s=1.0)
+            if batch:
+                events += batch
+                after = batch[-1].id
+    return events

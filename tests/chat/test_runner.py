@@ -10,14 +10,12 @@ from typing import Any
 import pytest
 
 from chatplane.auth.principal import Principal
-from chatplane.broker.protocol import Event
 from chatplane.chat.runner import fit_context
 from chatplane.chat.worker import TurnWorker
 from chatplane.container import Services, build_services
 from chatplane.providers.protocol import ChatMessage
+from tests.broker.support import events_until_end
 from tests.conftest import make_settings
-
-TERMINAL = {"turn.completed", "turn.failed", "turn.cancelled"}
 
 
 async def _services(tmp_path: Path, **settings: Any) -> Services:
@@ -27,18 +25,6 @@ async def _services(tmp_path: Path, **settings: Any) -> Services:
 async def _principal(services: Services) -> Principal:
     user = await services.auth.create_user("t@example.com", "password-123")
     return Principal(user_id=user.id, tenant_id=user.tenant_id, email=user.email, role=user.role)
-
-
-async def _events_until_end(services: Services, turn_id: str) -> list[Event]:
-    events: list[Event] = []
-    after = None
-    async with asyncio.timeout(10):
-        while not events or events[-1].type not in TERMINAL:
-            batch = await services.broker.read(turn_id, after, timeout_s=1.0)
-            if batch:
-                events += batch
-                after = batch[-1].id
-    return events
 
 
 async def _wait_for_delta(services: Services, turn_id: str) -> None:
@@ -68,7 +54,7 @@ async def test_a_provider_failure_ends_the_turn_failed(tmp_path: Path) -> None:
             principal, conversation.id, content="this will fail", model=None
         )
         services_worker.start()
-        events = await _events_until_end(services, turn.id)
+        events = await events_until_end(services.broker, turn.id)
         assert events[-1].type == "turn.failed"
         assert events[-1].data["error"]["code"] == "provider_error"
         stored = await services.chat.get_turn(principal, turn.id)
@@ -100,7 +86,7 @@ async def test_a_turn_whose_worker_died_is_rerun_and_stored_once(services: Servi
     )
     survivor.start()
     try:
-        events = await _events_until_end(services, turn.id)
+        events = await events_until_end(services.broker, turn.id)
     finally:
         await survivor.stop(deadline_s=1)
     kinds = [e.type for e in events]
@@ -143,7 +129,7 @@ async def test_a_turn_that_dies_on_every_attempt_ends_failed(tmp_path: Path) -> 
         stored = await services.chat.get_turn(principal, turn.id)
         assert stored.status == "failed"
         assert stored.error_code == "turn_abandoned"
-        events = await _events_until_end(services, turn.id)
+        events = await events_until_end(services.broker, turn.id)
         assert events[-1].type == "turn.failed"
     finally:
         await services.close()
@@ -157,7 +143,7 @@ async def test_a_turn_cancelled_while_queued_never_runs(services: Services) -> N
     worker = TurnWorker(services.broker, services.runner, concurrency=1, max_attempts=3)
     worker.start()
     try:
-        events = await _events_until_end(services, turn.id)
+        events = await events_until_end(services.broker, turn.id)
     finally:
         await worker.stop(deadline_s=1)
     assert [e.type for e in events] == ["turn.queued", "turn.cancelled"]

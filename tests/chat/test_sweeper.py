@@ -9,17 +9,15 @@ from pathlib import Path
 from typing import Any
 
 from chatplane.auth.principal import Principal
-from chatplane.broker.protocol import Event
 from chatplane.chat.models import Turn
 from chatplane.chat.sweeper import LOST_CODE, TurnSweeper
 from chatplane.chat.worker import TurnWorker
 from chatplane.container import Services, build_services
 from chatplane.observability.metrics import TURNS_SWEPT
-from tests.broker.support import eventually
+from tests.broker.support import events_until_end, eventually
 from tests.conftest import make_settings
 
 ACTIVE = ("queued", "running")
-TERMINAL = {"turn.completed", "turn.failed", "turn.cancelled"}
 WORDS = " ".join(f"w{i}" for i in range(12))
 
 
@@ -44,18 +42,6 @@ async def _lose_job(services: Services) -> None:
     assert job is not None
     await services.broker.ack(job)
     assert await services.broker.queue_depth() == 0
-
-
-async def _events_until_end(services: Services, turn_id: str) -> list[Event]:
-    events: list[Event] = []
-    after = None
-    async with asyncio.timeout(20):
-        while not events or events[-1].type not in TERMINAL:
-            batch = await services.broker.read(turn_id, after, timeout_s=1.0)
-            if batch:
-                events += batch
-                after = batch[-1].id
-    return events
 
 
 async def _turn_ends(services: Services, principal: Principal, turn_id: str) -> Turn:
@@ -90,7 +76,7 @@ async def test_a_queued_turn_without_a_job_is_requeued_once_and_completes(
         assert _swept("requeued") == before + 1
 
         worker.start()
-        events = await _events_until_end(services, turn.id)
+        events = await events_until_end(services.broker, turn.id, timeout_s=20)
         assert events[-1].type == "turn.completed"
         stored = await services.chat.get_turn(principal, turn.id)
         assert stored.status == "completed"
@@ -134,7 +120,7 @@ async def test_a_turn_lost_past_the_max_age_fails_with_a_reason(tmp_path: Path) 
         stored = await services.chat.get_turn(principal, turn.id)
         assert stored.status == "failed"
         assert stored.error_code == LOST_CODE
-        events = await _events_until_end(services, turn.id)
+        events = await events_until_end(services.broker, turn.id, timeout_s=20)
         assert events[-1].type == "turn.failed"
         assert events[-1].data["error"]["code"] == LOST_CODE
         assert await services.broker.queue_depth() == 0

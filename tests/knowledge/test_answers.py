@@ -30,6 +30,7 @@ from chatplane.providers.mock import NO_SOURCES_REPLY
 from tests.api.conftest import Shape, shape_server
 from tests.api.live import PASSWORD, LiveServer
 from tests.api.sse import read_events, text_of
+from tests.broker.support import events_until_end
 from tests.conftest import make_settings
 from tests.providers.fakes import FakeOpenAI
 
@@ -44,7 +45,6 @@ DOCUMENTS = {
         b"run the migrations.\n"
     ),
 }
-TERMINAL = {"turn.completed", "turn.failed", "turn.cancelled"}
 
 
 @dataclass
@@ -355,19 +355,6 @@ async def _seed(services: Services, principal: Principal, texts: list[str]) -> s
     return kb.kb.id
 
 
-async def _events_to_end(services: Services, turn_id: str) -> list[Event]:
-    """Every event of the turn, from the first to its outcome."""
-    events: list[Event] = []
-    after = None
-    async with asyncio.timeout(10):
-        while not events or events[-1].type not in TERMINAL:
-            batch = await services.broker.read(turn_id, after, timeout_s=1.0)
-            if batch:
-                events += batch
-                after = batch[-1].id
-    return events
-
-
 async def _assistant(services: Services, turn_id: str) -> Message | None:
     async with services.db.session() as session:
         found = await session.scalars(select(Message).where(Message.turn_id == turn_id))
@@ -388,7 +375,7 @@ async def test_a_knowledge_base_deleted_before_the_turn_runs_is_skipped(tmp_path
         await services.knowledge.delete_knowledge_base(principal, kb_id)
 
         worker.start()
-        events = await _events_to_end(services, turn.id)
+        events = await events_until_end(services.broker, turn.id)
     finally:
         await worker.stop(deadline_s=1)
         await services.close()
@@ -415,7 +402,7 @@ async def test_a_retrieval_that_fails_fails_the_turn(tmp_path: Path) -> None:
             await session.commit()
 
         worker.start()
-        events = await _events_to_end(services, turn.id)
+        events = await events_until_end(services.broker, turn.id)
         stored = await services.chat.get_turn(principal, turn.id)
         assistant = await _assistant(services, turn.id)
     finally:
@@ -449,7 +436,7 @@ async def test_a_cancelled_turn_stores_no_citations(tmp_path: Path) -> None:
                     turn.id, seen[-1].id if seen else None, timeout_s=1.0
                 )
         await services.chat.cancel_turn(principal, turn.id)
-        events = await _events_to_end(services, turn.id)
+        events = await events_until_end(services.broker, turn.id)
         assistant = await _assistant(services, turn.id)
     finally:
         await worker.stop(deadline_s=1)
