@@ -171,13 +171,8 @@ def create_app(
 def serve_app() -> FastAPI:
     """The factory each `serve --workers N` process calls: settings from the environment;
     the database was migrated once, before the processes started."""
-    from chatplane.observability.logging import configure_logging
+    from chatplane.process import process_settings
 
-    settings = Settings()
-    configure_logging(settings)
-    if settings.sentry_dsn:
-        from chatplane.observability.error_tracking import init_error_tracking
-
-        init_error_tracking(settings)
+    settings = process_settings()
     atexit.register(process_exiting)  # its live gauges leave the sums of the other processes
     return create_app(settings, migrate_embedded=False)

@@ -48,6 +48,20 @@ def become(*argv: str) -> NoReturn:
     os.execv(sys.executable, [sys.executable, "-m", "chatplane.process", *argv])
 
 
+def process_settings() -> Settings:
+    """Settings from the environment, with logging and (given a DSN) error tracking set up:
+    how every server and worker process starts."""
+    from chatplane.observability.logging import configure_logging
+
+    settings = Settings()
+    configure_logging(settings)
+    if settings.sentry_dsn:
+        from chatplane.observability.error_tracking import init_error_tracking
+
+        init_error_tracking(settings)
+    return settings
+
+
 def serve(host: str, port: int) -> None:
     import uvicorn
 
@@ -58,15 +72,9 @@ def worker() -> None:
     import uvloop
 
     from chatplane.errors import ChatplaneError
-    from chatplane.observability.logging import configure_logging
     from chatplane.worker import run_worker
 
-    settings = Settings()
-    configure_logging(settings)
-    if settings.sentry_dsn:
-        from chatplane.observability.error_tracking import init_error_tracking
-
-        init_error_tracking(settings)
+    settings = process_settings()
     try:
         uvloop.run(run_worker(settings))
     except ChatplaneError as exc:

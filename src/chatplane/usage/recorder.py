@@ -140,9 +140,7 @@ class UsageRecorder:
             return False
         batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
         try:
-            async with self.db.session() as session:
-                await session.execute(self._insert, batch)
-                await session.commit()
+            await self._store(batch)
         except ServiceUnavailable:
             # Kept for the next flush. The commit may have landed before the connection
             # broke: the rows keep their ids, and the next try skips ids already stored.
@@ -157,6 +155,12 @@ class UsageRecorder:
             self._drop(len(batch))
             raise
         return True
+
+    async def _store(self, rows: list[Row]) -> None:
+        """One batch in one transaction; ids already stored are skipped."""
+        async with self.db.session() as session:
+            await session.execute(self._insert, rows)
+            await session.commit()
 
     def _drop(self, records: int) -> None:
         self.dropped += records
@@ -195,9 +199,7 @@ class UsageRecorder:
         replayed = 0
         while (batch := await self.journal.claim()) is not None:
             try:
-                async with self.db.session() as session:
-                    await session.execute(self._insert, batch.rows)
-                    await session.commit()
+                await self._store(batch.rows)
             except ServiceUnavailable:
                 await self._release(batch)
                 log.warning("usage_replay_deferred", replayed=replayed)
@@ -227,17 +229,15 @@ class UsageRecorder:
                 await asyncio.gather(task, return_exceptions=True)
         self._task = self._replay_task = None
         await self.flush()
-        if self._pending:
-            if self.journal is None:
-                log.error("usage_lost", records=len(self._pending))
-                self._drop(len(self._pending))
-                self._pending = []
-            else:
-                try:
-                    await self._spill_pending()
-                except JournalUnavailable as exc:
-                    log.error("usage_lost", records=len(self._pending), error=str(exc))
-                    self._drop(len(self._pending))
-                    self._pending = []
+        error = None
+        if self._pending and self.journal is not None:
+            try:
+                await self._spill_pending()
+            except JournalUnavailable as exc:
+                error = str(exc)
+        if self._pending:  # neither the database nor a journal took them
+            log.error("usage_lost", records=len(self._pending), error=error)
+            self._drop(len(self._pending))
+            self._pending = []
         if self.journal is not None:
             await self.journal.close()
