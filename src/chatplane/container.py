@@ -184,6 +184,6 @@ async def _schedule_reindex(reindexer: Reindexer) -> None:
         log.warning("kb_reindex_not_scheduled", error=exc.detail)
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services

@@ -203,9 +203,13 @@ async def test_cancel_flags_are_per_turn_and_expire(make_broker: BrokerFactory) 
     await broker.request_cancel(turn)
     assert await broker.cancel_requested(turn)
     assert not await broker.cancel_requested(other)
+    assert await broker.cancels_requested([turn, other]) == {turn}
+    assert await broker.cancels_requested([]) == set()
 
     async def forgotten() -> bool:
-        return not await broker.cancel_requested(turn)
+        return not await broker.cancel_requested(turn) and not await broker.cancels_requested(
+            [turn]
+        )
 
     await eventually(forgotten)
 

@@ -14,21 +14,21 @@ from chatplane.admin.tenants import TenantService
 from chatplane.auth.deps import ServicesDep
 
 
-def admin_service(services: ServicesDep) -> AdminService:
+async def admin_service(services: ServicesDep) -> AdminService:
     return AdminService(services.db, services.auth, services.sessions, services.audit)
 
 
-def key_service(services: ServicesDep) -> ApiKeyService:
+async def key_service(services: ServicesDep) -> ApiKeyService:
     return ApiKeyService(services.db, services.auth, services.audit)
 
 
-def invitation_service(services: ServicesDep) -> InvitationService:
+async def invitation_service(services: ServicesDep) -> InvitationService:
     return InvitationService(
         services.db, services.auth.passwords, services.sessions, services.audit
     )
 
 
-def tenant_service(services: ServicesDep) -> TenantService:
+async def tenant_service(services: ServicesDep) -> TenantService:
     return TenantService(services.db, services.audit, services.auth)
 
 

@@ -28,7 +28,7 @@ TenantQuery = Annotated[
 ]
 
 
-def limits_service(services: ServicesDep) -> LimitsAdminService:
+async def limits_service(services: ServicesDep) -> LimitsAdminService:
     return LimitsAdminService(services.db, services.limits, services.audit)
 
 

@@ -112,7 +112,7 @@ async def admin_principal(
     return principal
 
 
-def request_client(request: Request) -> ClientInfo:
+async def request_client(request: Request) -> ClientInfo:
     """The client as the HTTP middleware resolved it (through trusted proxies only)."""
     return client_info(request.client.host if request.client else None, request.headers)
 

@@ -51,7 +51,7 @@ class SsoConfigOut(BaseModel):
     name: str
 
 
-def oidc_client(services: ServicesDep) -> OidcClient:
+async def oidc_client(services: ServicesDep) -> OidcClient:
     """The process's client (it caches the provider's documents)."""
     return services.oidc
 

@@ -14,7 +14,7 @@ import re
 import time
 from bisect import bisect_right
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -329,6 +329,10 @@ class MemoryBroker:
     async def cancel_requested(self, turn_id: str) -> bool:
         self._ensure_open()
         return turn_id in self._cancels
+
+    async def cancels_requested(self, turn_ids: Collection[str]) -> set[str]:
+        self._ensure_open()
+        return {turn_id for turn_id in turn_ids if turn_id in self._cancels}
 
     def _ensure_open(self) -> None:
         if self._closed:

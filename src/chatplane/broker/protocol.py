@@ -10,7 +10,7 @@ of what was given (a tuple comes back as a list), so the two behave the same.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -124,3 +124,7 @@ class Broker(Protocol):
     async def request_cancel(self, turn_id: str) -> None: ...
 
     async def cancel_requested(self, turn_id: str) -> bool: ...
+
+    async def cancels_requested(self, turn_ids: Collection[str]) -> set[str]:
+        """Which of these turns have a cancel request: one call for every turn a worker
+        runs."""

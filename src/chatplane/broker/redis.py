@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import functools
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +57,7 @@ from chatplane.broker.redis_streams import (
 )
 from chatplane.errors import ServiceUnavailable
 from chatplane.observability.metrics import redis_error
+from chatplane.redis_direct import DirectConnections
 
 _GROUP = "workers"
 _RELEASED = "(released)"  # placeholder owner of released jobs
@@ -81,8 +82,9 @@ class _GroupMissing(Exception):
 
 @dataclass(slots=True)
 class _Connections:
-    client: Redis  # commands, from a bounded pool
-    reader: Redis  # one connection for the stream fan-out's blocking XREAD
+    client: Redis  # job commands and scripts, from a bounded pool
+    events: DirectConnections  # the event streams' commands (every delta goes through here)
+    reader: DirectConnections  # one connection for the stream fan-out's blocking XREAD
     fanout: StreamFanout
     claim: AsyncScript
     renew: AsyncScript
@@ -133,7 +135,6 @@ class RedisBroker:
         # pool to publishing and reading however many claim loops a worker runs.
         self._blocking_claims = asyncio.Semaphore(max(1, max_connections // 4))
         self._publisher = EventPublisher(self._send_events)
-        self._cap: dict[str, Any] = {"maxlen": stream_max_events, "approximate": True}
 
     @property
     def pending_reads(self) -> int:
@@ -147,20 +148,23 @@ class RedisBroker:
             return
         self._closed = False
         client = Redis.from_pool(self._pool(self.max_connections, _SOCKET_TIMEOUT_S))
-        reader = Redis.from_pool(self._pool(1, self.read_block_s + _SOCKET_TIMEOUT_S))
+        events = DirectConnections(client, max_connections=max(2, self.max_connections // 2))
+        reader = DirectConnections(
+            client, max_connections=1, timeout_s=self.read_block_s + _SOCKET_TIMEOUT_S
+        )
         kwargs = client.connection_pool.connection_kwargs
         where = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
         self._where = f"Redis at {where}"
         fanout = StreamFanout(
             reader=reader,
             wake_key=self._wake_key,
-            wake=functools.partial(self._wake_reader, client),
+            wake=functools.partial(self._wake_reader, events),
             unavailable=self._unavailable_error,
             block_s=self.read_block_s,
         )
         claim, renew = client.register_script(CLAIM), client.register_script(RENEW)
         stats = client.register_script(STATS)
-        self._conn = _Connections(client, reader, fanout, claim, renew, stats)
+        self._conn = _Connections(client, events, reader, fanout, claim, renew, stats)
 
     async def close(self) -> None:
         self._closed = True
@@ -174,7 +178,8 @@ class RedisBroker:
                     await self._idle.wait()
         with contextlib.suppress(*_UNAVAILABLE):
             await conn.client.delete(self._wake_key)
-        await conn.reader.aclose()
+        await conn.reader.close()
+        await conn.events.close()
         await conn.client.aclose()
 
     async def ping(self) -> None:
@@ -348,22 +353,21 @@ class RedisBroker:
     # Event streams.
 
     async def publish(self, stream: str, type: str, data: Mapping[str, Any]) -> Event:
-        body = orjson.dumps(dict(data))
-        event_id = await self._publisher.publish(self._events_key(stream), type, body)
-        return Event(event_id, type, orjson.loads(body))
+        data = dict(data)
+        event_id = await self._publisher.publish(self._events_key(stream), type, orjson.dumps(data))
+        return Event(event_id, type, data)
 
     async def _send_events(self, batch: EventBatch) -> list[Any]:
-        """XADD a batch of events: one alone as a plain command, more in one pipeline (not
-        a transaction: each stands alone, and its error is its own)."""
+        """XADD a batch of events in one pipeline (not a transaction: each stands alone,
+        and its error is its own)."""
+        cap = self.stream_max_events
         async with self._op() as conn:
-            if len(batch) == 1:
-                [(key, type, body)] = batch
-                return [await conn.client.xadd(key, _fields(type, body), **self._cap)]
-            async with conn.client.pipeline(transaction=False) as pipe:
-                for key, type, body in batch:
-                    pipe.xadd(key, _fields(type, body), **self._cap)
-                replies: list[Any] = await pipe.execute(raise_on_error=False)
-        return replies
+            return await conn.events.pipeline(
+                [
+                    ("XADD", key, "MAXLEN", "~", cap, "*", "t", type, "d", body)
+                    for key, type, body in batch
+                ]
+            )
 
     async def read(self, stream: str, after: str | None, *, timeout_s: float) -> list[Event]:
         after_id = parse_stream_id(after)
@@ -372,14 +376,16 @@ class RedisBroker:
             # Skip the look-up when the shared XREAD already covers this id: it will deliver.
             if timeout_s <= 0 or not conn.fanout.covers(key, after_id):
                 start = "-" if after is None else f"({after}"
-                entries: Any = await conn.client.xrange(key, start, "+", count=READ_BATCH)
+                entries = await conn.events.call(("XRANGE", key, start, "+", "COUNT", READ_BATCH))
                 if entries or timeout_s <= 0:
                     return [event_from_entry(entry_id, fields) for entry_id, fields in entries]
         return await conn.fanout.wait(key, after_id, timeout_s)
 
     async def expire(self, stream: str, ttl_s: float) -> None:
         async with self._op() as conn:
-            await conn.client.pexpire(self._events_key(stream), max(1, round(ttl_s * 1000)))
+            await conn.events.call(
+                ("PEXPIRE", self._events_key(stream), max(1, round(ttl_s * 1000)))
+            )
 
     def _events_key(self, stream: str) -> str:
         return f"{self.key_prefix}:turn:{{{stream}}}:events"
@@ -393,8 +399,19 @@ class RedisBroker:
 
     async def cancel_requested(self, turn_id: str) -> bool:
         async with self._op() as conn:
-            found: int = await conn.client.exists(self._cancel_key(turn_id))
+            found: int = await conn.events.call(("EXISTS", self._cancel_key(turn_id)))
         return found > 0
+
+    async def cancels_requested(self, turn_ids: Collection[str]) -> set[str]:
+        ids = list(turn_ids)
+        if not ids:
+            return set()
+        async with self._op() as conn:
+            found = await conn.events.pipeline([("EXISTS", self._cancel_key(i)) for i in ids])
+        for reply in found:
+            if isinstance(reply, Exception):
+                raise reply
+        return {turn_id for turn_id, reply in zip(ids, found, strict=True) if reply}
 
     def _cancel_key(self, turn_id: str) -> str:
         return f"{self.key_prefix}:turn:{{{turn_id}}}:cancel"
@@ -444,17 +461,19 @@ class RedisBroker:
                 self._idle.set()
         raise_if_cancel_was_lost()
 
-    async def _wake_reader(self, client: Redis) -> None:
+    async def _wake_reader(self, events: DirectConnections) -> None:
         """Interrupt the shared XREAD (it always includes this stream). Also used while
         closing, so it does not check whether the broker is open."""
-        async with self._tracked(), client.pipeline(transaction=False) as pipe:
-            pipe.xadd(self._wake_key, {"w": "1"}, maxlen=1, approximate=False)
-            pipe.pexpire(self._wake_key, _WAKE_KEY_TTL_MS)
-            await pipe.execute()
+        async with self._tracked():
+            replies = await events.pipeline(
+                [
+                    ("XADD", self._wake_key, "MAXLEN", 1, "*", "w", "1"),
+                    ("PEXPIRE", self._wake_key, _WAKE_KEY_TTL_MS),
+                ]
+            )
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
 
     def _unavailable_error(self, exc: Exception) -> ServiceUnavailable:
         return ServiceUnavailable(f"{self._where} is unavailable: {exc}")
-
-
-def _fields(type: str, body: bytes) -> dict[FieldT, EncodableT]:
-    return {"t": type, "d": body}

@@ -19,18 +19,17 @@ import asyncio
 import contextlib
 import re
 from bisect import bisect_right
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import orjson
 import structlog
 from redis import exceptions as redis_errors
-from redis.asyncio import Redis
-from redis.typing import KeyT, StreamIdT
 
 from chatplane.broker.protocol import READ_BATCH, Event
 from chatplane.errors import BadRequest, ServiceUnavailable
 from chatplane.observability.metrics import redis_error
+from chatplane.redis_direct import DirectConnections
 
 StreamId = tuple[int, int]
 
@@ -69,13 +68,11 @@ def format_stream_id(value: StreamId) -> str:
     return f"{value[0]}-{value[1]}"
 
 
-def event_from_entry(entry_id: str, fields: Mapping[str, Any]) -> Event:
-    return Event(entry_id, fields["t"], orjson.loads(fields["d"]))
-
-
-def stream_entries(reply: Any) -> Iterable[tuple[str, list[tuple[str, dict[str, Any]]]]]:
-    """An `XREAD` reply (RESP2, as the broker's clients speak) as (key, entries) pairs."""
-    return ((key, entries) for key, entries in reply or ())
+def event_from_entry(entry_id: str, fields: Sequence[str]) -> Event:
+    """An event from a stream entry as Redis sends it (RESP2): its id and its fields as a
+    flat list of names and values (`t` the type, `d` the JSON data)."""
+    values = dict(zip(fields[::2], fields[1::2], strict=True))
+    return Event(entry_id, values["t"], orjson.loads(values["d"]))
 
 
 class _Waiter:
@@ -90,14 +87,14 @@ class StreamFanout:
     def __init__(
         self,
         *,
-        reader: Redis,
+        reader: DirectConnections,
         wake_key: str,
         wake: Callable[[], Awaitable[None]],
         unavailable: Callable[[Exception], ServiceUnavailable],
         block_s: float = 2.0,
         sticky_s: float = 5.0,
     ) -> None:
-        self._reader = reader  # a pool of one connection, used only by the loop
+        self._reader = reader  # one connection, used only by the loop
         self._wake_key = wake_key  # the loop reads it; `wake()` appends to it
         self._send_wake = wake
         self._unavailable = unavailable
@@ -183,10 +180,9 @@ class StreamFanout:
         backoff = _BACKOFF_MIN_S
         while not self._closed:
             streams = self._snapshot()
+            command = ("XREAD", "COUNT", READ_BATCH, "BLOCK", self._block_ms, "STREAMS")
             try:
-                reply: Any = await self._reader.xread(
-                    streams, count=READ_BATCH, block=self._block_ms
-                )
+                reply: Any = await self._reader.call((*command, *streams.keys(), *streams.values()))
                 raise_if_cancel_was_lost()
             except redis_errors.RedisError as exc:
                 if self._closed:
@@ -202,7 +198,7 @@ class StreamFanout:
             backoff = _BACKOFF_MIN_S
             self._dispatch(reply)
 
-    def _snapshot(self) -> dict[KeyT, StreamIdT]:
+    def _snapshot(self) -> dict[str, str]:
         now = asyncio.get_running_loop().time()
         reading = {key: min(w.after for w in waiters) for key, waiters in self._waiters.items()}
         for key, (last, until) in list(self._sticky.items()):
@@ -212,15 +208,13 @@ class StreamFanout:
                 reading[key] = last
         self._reading = reading
         self._wake_sent = False
-        streams: dict[KeyT, StreamIdT] = {
-            key: format_stream_id(after) for key, after in reading.items()
-        }
+        streams = {key: format_stream_id(after) for key, after in reading.items()}
         streams[self._wake_key] = self._wake_last
         return streams
 
     def _dispatch(self, reply: Any) -> None:
         until = asyncio.get_running_loop().time() + self._sticky_s
-        for key, entries in stream_entries(reply):
+        for key, entries in reply or ():
             if not entries:
                 continue
             if key == self._wake_key:

@@ -15,6 +15,7 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    text,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -97,7 +98,13 @@ class TurnRepository:
 
     async def start(self, turn_id: str, when: datetime) -> Turn | None:
         """Move a queued (or orphaned running) turn to running and return it (`attempts`
-        counts this run); None if it already ended or no longer exists."""
+        counts this run); None if it already ended or no longer exists.
+
+        On Postgres its commit does not wait for the write-ahead log to reach the disk (the
+        first token waits for it): a database crash can lose only this mark, and a lost mark
+        leaves the turn `queued`, which its run still ends as usual."""
+        if self.session.get_bind().dialect.name == "postgresql":
+            await self.session.execute(text("SET LOCAL synchronous_commit TO OFF"))
         result = await self.session.scalars(
             update(Turn)
             .where(Turn.id == turn_id, Turn.status.not_in(TERMINAL_STATES))

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -75,6 +76,41 @@ def fit_context(messages: Sequence[ChatMessage], budget_tokens: int) -> list[Cha
     return kept
 
 
+class CancelWatch:
+    """The cancel requests of every turn this process runs, asked for in one broker call
+    every `interval_s` instead of one call per turn: each watched turn gets a future that is
+    resolved once its cancel request is seen. The loop runs only while turns are watched."""
+
+    def __init__(self, broker: Broker, interval_s: float) -> None:
+        self.broker = broker
+        self.interval_s = interval_s
+        self._watched: dict[asyncio.Future[None], str] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    @contextlib.contextmanager
+    def watch(self, turn_id: str) -> Iterator[asyncio.Future[None]]:
+        cancelled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._watched[cancelled] = turn_id
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="turn-cancel-watch")
+        try:
+            yield cancelled
+        finally:
+            del self._watched[cancelled]
+
+    async def _run(self) -> None:
+        while self._watched:
+            await asyncio.sleep(self.interval_s)
+            try:
+                found = await self.broker.cancels_requested(set(self._watched.values()))
+            except ServiceUnavailable as exc:  # the turns' own publishes report the outage
+                log.warning("cancel_check_failed", error=exc.detail)
+                continue
+            for cancelled, turn_id in list(self._watched.items()):
+                if turn_id in found and not cancelled.done():
+                    cancelled.set_result(None)
+
+
 class TurnRunner:
     def __init__(
         self,
@@ -91,6 +127,7 @@ class TurnRunner:
         self.settings = settings
         self.limits = limits
         self.index = index  # None: turns with knowledge bases fail (no index in this process)
+        self.cancels = CancelWatch(broker, CANCEL_POLL_S)
 
     async def run(self, job: Job) -> None:
         turn_id = str(job.payload["turn_id"])
@@ -237,18 +274,17 @@ class TurnRunner:
         return ChatMessage(role="system", content=prompt.message)
 
     async def _watch(self, generation: asyncio.Task[Finish], turn_id: str, job: Job) -> Finish:
-        """Wait for the generation while checking for cancel and keeping the claim alive."""
+        """Wait for the generation, or its turn's cancel request, keeping the claim alive."""
         interval = self.settings.job_visibility_timeout_s / 3
-        next_heartbeat = time.monotonic() + interval
-        while True:
-            done, _ = await asyncio.wait({generation}, timeout=CANCEL_POLL_S)
-            if done:
-                return generation.result()
-            if await self.broker.cancel_requested(turn_id):
-                raise TurnCancelled
-            if time.monotonic() >= next_heartbeat:
+        with self.cancels.watch(turn_id) as cancelled:
+            either: set[asyncio.Future[Any]] = {generation, cancelled}
+            while True:
+                await asyncio.wait(either, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
+                if generation.done():
+                    return generation.result()
+                if cancelled.done():
+                    raise TurnCancelled
                 await self.broker.heartbeat(job)  # raises JobLost when reclaimed
-                next_heartbeat = time.monotonic() + interval
 
     async def _stream(
         self, provider: Provider, request: CompletionRequest, turn_id: str, text: list[str]

@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -48,11 +48,10 @@ def create_engine(settings: Settings, url: str | None = None) -> AsyncEngine:
         )
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    return create_async_engine(
+    engine = create_async_engine(
         url,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
-        pool_pre_ping=True,
         pool_recycle=1800,
         hide_parameters=hide_parameters,
         connect_args={
@@ -60,6 +59,19 @@ def create_engine(settings: Settings, url: str | None = None) -> AsyncEngine:
             "command_timeout": settings.db_command_timeout_s,
         },
     )
+    event.listen(engine.sync_engine, "checkout", _replace_closed)
+    return engine
+
+
+def _replace_closed(_dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+    """A pooled connection the server closed or reset (a restart, a failover, a proxy that
+    cut it) is replaced at checkout without a round trip: asyncpg marks it closed as soon as
+    its socket ends. (`pool_pre_ping` would ask the server on every checkout: three round
+    trips on asyncpg, BEGIN, a query and ROLLBACK.) A connection that dies while in use
+    fails its statement as an outage, and SQLAlchemy then retires every connection pooled
+    before it."""
+    if record.driver_connection.is_closed():
+        raise DisconnectionError("the server closed this pooled connection")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

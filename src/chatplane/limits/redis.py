@@ -4,19 +4,17 @@ across replicas)."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from hiredis import pack_command
 from redis import exceptions as redis_errors
 from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.connection import AbstractConnection
 
 from chatplane.errors import ServiceUnavailable
 from chatplane.limits.counters import WindowCount
+from chatplane.redis_direct import DirectConnections
 
 MAX_CONNECTIONS = 32
 
@@ -49,83 +47,26 @@ def connect(url: str, *, max_connections: int = MAX_CONNECTIONS) -> Redis:
 
 
 class ScriptRunner:
-    """Runs the stores' Lua scripts, one `EVALSHA` per call, on connections it keeps: one per
-    call in flight, at most `max_connections`, made like the client's own (same URL, TLS,
-    credentials). A call takes an idle one off a list instead of going through the client's
-    pool and command layers, whose checkout, release, bookkeeping and per-write task cost
-    about as much CPU as the round trip itself; one `asyncio.timeout` (the client's socket
-    time-out) bounds the whole call. There are no retries, as on the client: a connection that
-    fails or times out is dropped and the error surfaces (`store_errors`); one the server
-    closed while it sat idle (a restart) is replaced before it is used."""
+    """Runs the stores' Lua scripts, one `EVALSHA` per call, on connections it keeps (one
+    per call in flight, at most `max_connections`: `DirectConnections`), bounded by the
+    client's socket time-out. A script Redis no longer has (restarted, flushed) is loaded
+    again by `EVAL` on the same call."""
 
     def __init__(self, client: Redis, *, max_connections: int = MAX_CONNECTIONS) -> None:
         self.client = client
-        pool = client.connection_pool
-        self._timeout_s: float | None = pool.connection_kwargs.get("socket_timeout")
-        self._connection_class = pool.connection_class
-        # The time-out is taken once around each call (`run`), not per write and per read.
-        self._connection_kwargs = {**pool.connection_kwargs, "socket_timeout": None}
-        self._room = asyncio.Semaphore(max_connections)
-        self._idle: list[AbstractConnection] = []
-        self._open: set[AbstractConnection] = set()
+        self._connections = DirectConnections(client, max_connections=max_connections)
 
     def register(self, source: str) -> LimitScript:
         return LimitScript(self, source)
 
     async def run(self, script: LimitScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        async with self._room:
-            connection = await self._checkout()
-            try:
-                async with asyncio.timeout(self._timeout_s):
-                    reply = await _evalsha(connection, script, keys, args)
-            except redis_errors.ResponseError:  # an error reply: the connection is fine
-                self._idle.append(connection)
-                raise
-            except TimeoutError as exc:
-                await self._drop(connection)
-                raise redis_errors.TimeoutError("Timeout running a limit script") from exc
-            except BaseException:
-                await self._drop(connection)
-                raise
-            self._idle.append(connection)
-            return reply
+        try:
+            return await self._connections.call(("EVALSHA", script.sha, len(keys), *keys, *args))
+        except redis_errors.NoScriptError:
+            return await self._connections.call(("EVAL", script.source, len(keys), *keys, *args))
 
     async def close(self) -> None:
-        connections, self._open = self._open, set()
-        self._idle.clear()
-        for connection in connections:
-            await connection.disconnect()
-
-    async def _checkout(self) -> AbstractConnection:
-        while self._idle:
-            connection = self._idle.pop()
-            reader = connection._reader  # EOF here: the server closed it while it sat idle
-            if reader is None or not reader.at_eof():
-                return connection  # (a disconnected one connects on its first command)
-            await self._drop(connection)
-        connection = self._connection_class(**self._connection_kwargs)
-        self._open.add(connection)
-        return connection
-
-    async def _drop(self, connection: AbstractConnection) -> None:
-        self._open.discard(connection)
-        await connection.disconnect(nowait=True)
-
-
-async def _evalsha(
-    connection: AbstractConnection, script: LimitScript, keys: Sequence[str], args: Sequence[Any]
-) -> Any:
-    # hiredis packs the command in C; redis-py's asyncio connection would do it in Python.
-    try:
-        await connection.send_packed_command(
-            pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))
-        )
-        return await connection.read_response()
-    except redis_errors.NoScriptError:  # Redis restarted or flushed its scripts: EVAL loads it
-        await connection.send_packed_command(
-            pack_command(("EVAL", script.source, len(keys), *keys, *args))
-        )
-        return await connection.read_response()
+        await self._connections.close()
 
 
 class LimitScript:

@@ -82,7 +82,7 @@ async def ops_actor(request: Request, services: ServicesDep, client: ClientDep) 
     )
 
 
-def ops_service(services: ServicesDep) -> OpsService:
+async def ops_service(services: ServicesDep) -> OpsService:
     if services.presence is None:
         raise ServiceUnavailable("This process announces no presence", code="ops_unavailable")
     return OpsService(
@@ -94,7 +94,7 @@ def ops_service(services: ServicesDep) -> OpsService:
     )
 
 
-def ops_dashboard(request: Request, services: ServicesDep) -> Dashboard:
+async def ops_dashboard(request: Request, services: ServicesDep) -> Dashboard:
     """One per process, made on first use: its samples serve every viewer."""
     board: Dashboard | None = getattr(request.app.state, "ops_dashboard", None)
     if board is None:
@@ -105,7 +105,7 @@ def ops_dashboard(request: Request, services: ServicesDep) -> Dashboard:
     return board
 
 
-def this_drain(request: Request) -> Drain:
+async def this_drain(request: Request) -> Drain:
     drain: Drain = request.app.state.drain
     return drain
 

@@ -28,11 +28,11 @@ router = APIRouter(tags=["usage"])
 NO_CONTENT = 204
 
 
-def usage_service(services: ServicesDep) -> UsageService:
+async def usage_service(services: ServicesDep) -> UsageService:
     return UsageService(services.db)
 
 
-def price_service(services: ServicesDep) -> PriceService:
+async def price_service(services: ServicesDep) -> PriceService:
     return PriceService(services.db, services.registry, services.endpoints, services.audit)
 
 
