@@ -122,14 +122,15 @@ def create_app(
     app.include_router(usage_router)
     app.include_router(ops_router)
     app.include_router(knowledge_router)
-    app.router.routes.append(Route("/api/turns/{turn_id}/events", TurnEvents(), methods=["GET"]))
+    event_streams = [
+        Route("/api/turns/{turn_id}/events", TurnEvents(), methods=["GET"]),
+        Route("/api/kb/{kb_id}/documents/{document_id}/events", DocumentEvents(), methods=["GET"]),
+    ]
+    app.router.routes.extend(event_streams)
     app.router.routes.append(WebSocketRoute("/api/ws", ChatSocket()))
-    app.router.routes.append(
-        Route("/api/kb/{kb_id}/documents/{document_id}/events", DocumentEvents(), methods=["GET"])
-    )
     app.router.routes.append(Route("/metrics", MetricsEndpoint(), methods=["GET"]))
-    # The /v1 routes skip the framework's layers (chatplane.http.direct).
-    app.direct_routes = install_gateway(app)
+    # The /v1 routes and the event streams skip the framework's layers (chatplane.http.direct).
+    app.direct_routes = [*install_gateway(app), *event_streams]
     install_openapi(app)
     app.include_router(web_router)
     app.mount("/static", static_files(), name="static")

@@ -372,8 +372,12 @@ class RedisBroker:
     async def read(self, stream: str, after: str | None, *, timeout_s: float) -> list[Event]:
         after_id = parse_stream_id(after)
         key = self._events_key(stream)
+        conn = self._conn
+        if conn is not None and timeout_s > 0 and conn.fanout.covers(key, after_id):
+            # The shared XREAD already covers this id: it will deliver (an SSE stream's next
+            # read, once per event it sends, so no other work here).
+            return await conn.fanout.wait(key, after_id, timeout_s)
         async with self._op() as conn:
-            # Skip the look-up when the shared XREAD already covers this id: it will deliver.
             if timeout_s <= 0 or not conn.fanout.covers(key, after_id):
                 start = "-" if after is None else f"({after}"
                 entries = await conn.events.call(("XRANGE", key, start, "+", "COUNT", READ_BATCH))

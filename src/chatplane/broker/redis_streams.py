@@ -7,7 +7,7 @@ events after its own id. A waiter costs a small object and a future: no task, no
 connection. A reader that registers for a stream the in-flight `XREAD` does not cover
 interrupts it by `XADD`ing to this process's wake-up stream, which every `XREAD` includes.
 
-Streams that just delivered stay in the `XREAD` for a few seconds without waiters ("sticky"),
+Streams that just delivered stay in the `XREAD` for a second without waiters ("sticky"),
 so an SSE client that comes straight back for the next event does not cost a wake-up. When
 the `XREAD` fails, every waiter gets `ServiceUnavailable` at once and the loop retries with
 a backoff; the reader that comes back after the outage is served as before.
@@ -92,7 +92,7 @@ class StreamFanout:
         wake: Callable[[], Awaitable[None]],
         unavailable: Callable[[Exception], ServiceUnavailable],
         block_s: float = 2.0,
-        sticky_s: float = 5.0,
+        sticky_s: float = 1.0,
     ) -> None:
         self._reader = reader  # one connection, used only by the loop
         self._wake_key = wake_key  # the loop reads it; `wake()` appends to it

@@ -38,8 +38,8 @@ from chatplane.providers.protocol import (
     CompletionRequest,
     Finish,
     Provider,
-    TextDelta,
     Usage,
+    open_stream,
 )
 from chatplane.providers.registry import ModelRegistry, ModelRoute, cost_usd
 from chatplane.providers.tokens import estimate_tokens
@@ -109,6 +109,29 @@ class CancelWatch:
             for cancelled, turn_id in list(self._watched.items()):
                 if turn_id in found and not cancelled.done():
                     cancelled.set_result(None)
+
+
+class Answer:
+    """A turn's answer as its clients were sent it. A stop (a cancel, a lost claim, a
+    shutdown) never lands inside a delta's publish: it waits for the publish on its way, so
+    the stored partial answer is exactly what the clients got (without a task per delta)."""
+
+    __slots__ = ("parts", "publishing", "stopping")
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.publishing = False
+        self.stopping = False
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    def stop(self, generation: asyncio.Task[Finish]) -> None:
+        """End the generation: now, or right after the publish on its way."""
+        self.stopping = True
+        if not self.publishing:
+            generation.cancel()
 
 
 class TurnRunner:
@@ -186,15 +209,15 @@ class TurnRunner:
         await self.broker.publish(turn_id, "turn.started", {"model": turn.model})
         log.info("turn_started", model=turn.model, attempt=job.attempt, restarted=restarted)
 
-        text: list[str] = []
+        answer = Answer()
         # The passages given to the model, once retrieved (None: the turn retrieves nothing).
         given: list[GivenPassage] | None = [] if turn.knowledge_base_ids else None
         query = question.content if question is not None else ""
         cost: float | None = None
         try:
-            finish = await self._generate(turn, job, history, text, query, given)
+            finish = await self._generate(turn, job, history, answer, query, given)
         except TurnCancelled:
-            cost = await self._finish_cancelled(turn, "".join(text), history, job=job)
+            cost = await self._finish_cancelled(turn, answer.text, history, job=job)
         except JobLost:
             log.warning("turn_claim_lost")  # another worker runs it now; store nothing
         except DatabaseUnavailable:
@@ -207,7 +230,7 @@ class TurnRunner:
             cost = await self._finish_failed(turn, exc.code, exc.detail, job=job)
         else:
             cost = await self._finish_completed(
-                turn, "".join(text), finish.usage, history, given, job=job
+                turn, answer.text, finish.usage, history, given, job=job
             )
         await self._settle(turn, job.payload, cost)
 
@@ -216,20 +239,20 @@ class TurnRunner:
         turn: Turn,
         job: Job,
         history: Sequence[Message],
-        text: list[str],
+        answer: Answer,
         query: str,
         given: list[GivenPassage] | None,
     ) -> Finish:
         route = await self.registry.resolve(turn.model)
         messages = [ChatMessage(role=m.role, content=m.content) for m in history]  # type: ignore[arg-type]
-        generation = asyncio.create_task(self._answer(turn, route, messages, text, query, given))
+        generation = asyncio.create_task(self._answer(turn, route, messages, answer, query, given))
         try:
             return await self._watch(generation, turn.id, job)
         finally:
             # Whatever ends the watch (cancel, lost claim, this task cancelled on shutdown),
             # the provider call ends with it.
             if not generation.done():
-                generation.cancel()
+                answer.stop(generation)
                 await asyncio.gather(generation, return_exceptions=True)
 
     async def _answer(
@@ -237,7 +260,7 @@ class TurnRunner:
         turn: Turn,
         route: ModelRoute,
         messages: list[ChatMessage],
-        text: list[str],
+        answer: Answer,
         query: str,
         given: list[GivenPassage] | None,
     ) -> Finish:
@@ -253,7 +276,7 @@ class TurnRunner:
             messages=[*sources, *fit_context(messages, budget)],
             max_tokens=self.settings.max_output_tokens,
         )
-        return await self._stream(route.provider, request, turn.id, text)
+        return await self._stream(route.provider, request, turn.id, answer)
 
     async def _retrieve(self, turn: Turn, query: str, given: list[GivenPassage]) -> ChatMessage:
         """The system message of passages; `given` receives the passages it numbers."""
@@ -287,32 +310,26 @@ class TurnRunner:
                 await self.broker.heartbeat(job)  # raises JobLost when reclaimed
 
     async def _stream(
-        self, provider: Provider, request: CompletionRequest, turn_id: str, text: list[str]
+        self, provider: Provider, request: CompletionRequest, turn_id: str, answer: Answer
     ) -> Finish:
-        async for item in provider.stream(request):
-            if isinstance(item, TextDelta):
-                if item.text:
-                    await self._publish_delta(turn_id, item.text, text)
-                    turn_first_token()
-            elif isinstance(item, Finish):
-                return item
+        """Publish each delta and add it to the answer, both or neither (`Answer.stop`
+        waits for a publish on its way, then the stream ends here)."""
+        async with open_stream(provider, request) as stream:
+            async for item in stream:
+                if isinstance(item, Finish):
+                    return item
+                if not item.text:
+                    continue
+                answer.publishing = True
+                try:
+                    await self.broker.publish(turn_id, "message.delta", {"text": item.text})
+                finally:
+                    answer.publishing = False
+                answer.parts.append(item.text)
+                turn_first_token()
+                if answer.stopping:
+                    raise asyncio.CancelledError  # the stop that waited for this publish
         raise ProviderError("The provider stream ended without finishing", kind="protocol")
-
-    async def _publish_delta(self, turn_id: str, piece: str, text: list[str]) -> None:
-        """Publish a delta and add it to the text, both or neither: a cancel that lands
-        during the publish waits for it, so the stored partial answer is exactly what the
-        clients were sent."""
-        publishing = asyncio.ensure_future(
-            self.broker.publish(turn_id, "message.delta", {"text": piece})
-        )
-        try:
-            await asyncio.shield(publishing)
-        except asyncio.CancelledError:
-            await asyncio.wait({publishing})
-            if not publishing.cancelled() and publishing.exception() is None:
-                text.append(piece)
-            raise
-        text.append(piece)
 
     async def _usage(
         self, turn: Turn, usage: Usage | None, history: Sequence[Message], text: str

@@ -371,7 +371,7 @@ class ChatService:
                 await session.commit()
 
     async def get_turn(self, principal: Principal, turn_id: str) -> Turn:
-        async with self.db.session() as session:
+        async with self.db.one_read() as session:
             turn = await _repo(session, principal).turn(turn_id)
         if turn is None:
             raise NotFound("No such turn", code="turn_not_found")

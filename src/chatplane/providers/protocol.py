@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -56,10 +56,10 @@ StreamItem = TextDelta | Finish
 class Provider(Protocol):
     name: str
 
-    def stream(self, request: CompletionRequest) -> AsyncIterator[StreamItem]:
+    def stream(self, request: CompletionRequest) -> AsyncGenerator[StreamItem, None]:
         """Yield text deltas and end with exactly one `Finish`. Raise `ProviderError`
-        (or `ProviderTimeout`) on upstream failure; cancelling the iterating task stops
-        the upstream request at once."""
+        (or `ProviderTimeout`) on upstream failure; cancelling the iterating task, or
+        closing the generator, stops the upstream request at once."""
         ...
 
     async def close(self) -> None: ...
@@ -81,6 +81,4 @@ async def open_stream(
     try:
         yield items
     finally:
-        aclose = getattr(items, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        await items.aclose()
