@@ -118,6 +118,24 @@ async def test_cancel_stops_the_turn(live: LiveServer) -> None:
         assert detail["messages"][-1]["id"] == turn["assistant_message_id"]
 
 
+async def test_event_streams_answer_through_the_apps_middleware(live: LiveServer) -> None:
+    """The event streams skip the framework's layers (`chatplane.http.direct`); the app's own
+    middleware still answers for them, their errors included."""
+    async with live.client() as client:
+        conversation = await _conversation(client)
+        accepted = await _send(client, conversation["id"], "headers too")
+        await read_events(client, accepted["events_url"])
+        ended = await client.get(accepted["events_url"], headers={"x-request-id": "sse-req-1"})
+        assert ended.status_code == 200
+        assert ended.headers["content-type"].startswith("text/event-stream")
+        assert ended.headers["x-request-id"] == "sse-req-1"
+        assert ended.headers["x-content-type-options"] == "nosniff"
+        missing = await client.get("/api/turns/no-such-turn/events")
+        assert missing.status_code == 404
+        assert missing.json()["code"] == "turn_not_found"
+        assert missing.headers["x-content-type-options"] == "nosniff"
+
+
 async def test_events_of_an_ended_turn_end_at_once(live: LiveServer) -> None:
     async with live.client() as client:
         conversation = await _conversation(client)
