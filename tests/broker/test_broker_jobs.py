@@ -8,7 +8,7 @@ import pytest
 
 from chatplane.broker import Job, JobLost
 
-from .support import AnyBroker, BrokerFactory
+from .support import AnyBroker, BrokerFactory, unique_name
 
 
 async def claim_soon(broker: AnyBroker, consumer: str, timeout_s: float = 3.0) -> Job:
@@ -27,6 +27,19 @@ async def test_enqueue_claim_ack(broker: AnyBroker) -> None:
     await broker.ack(job)
     assert await broker.queue_depth() == 0
     assert await broker.claim("w1", timeout_s=0.5) is None  # acked: never delivered again
+
+
+async def test_a_job_can_announce_itself_on_a_stream_first(broker: AnyBroker) -> None:
+    turn = unique_name()
+    job_id = await broker.enqueue("turn", {"turn_id": turn}, event=(turn, "turn.queued", {"n": 1}))
+    [announced] = await broker.read(turn, None, timeout_s=0)
+    assert (announced.type, announced.data) == ("turn.queued", {"n": 1})
+    job = await claim_soon(broker, "w1")
+    assert (job.id, job.payload) == (job_id, {"turn_id": turn})
+    # What the job's run publishes comes after the announcement.
+    started = await broker.publish(turn, "turn.started", {})
+    assert [e.id for e in await broker.read(turn, None, timeout_s=0)] == [announced.id, started.id]
+    await broker.ack(job)
 
 
 async def test_claim_waits_up_to_the_timeout_then_returns_none(broker: AnyBroker) -> None:

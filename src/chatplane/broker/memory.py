@@ -111,8 +111,16 @@ class MemoryBroker:
 
     # Jobs.
 
-    async def enqueue(self, kind: str, payload: Mapping[str, Any]) -> str:
+    async def enqueue(
+        self,
+        kind: str,
+        payload: Mapping[str, Any],
+        *,
+        event: tuple[str, str, Mapping[str, Any]] | None = None,
+    ) -> str:
         self._ensure_open()
+        if event is not None:
+            await self.publish(*event)
         job_id = str(next(self._job_ids))
         self._jobs[job_id] = _QueuedJob(
             job_id, kind, _json_copy(payload), enqueued_at=time.monotonic()

@@ -71,8 +71,17 @@ class Broker(Protocol):
         """Raise `ServiceUnavailable` when the broker cannot be reached."""
 
     # Jobs: at-least-once delivery with a visibility timeout.
-    async def enqueue(self, kind: str, payload: Mapping[str, Any]) -> str:
-        """Queue a job and return its id."""
+    async def enqueue(
+        self,
+        kind: str,
+        payload: Mapping[str, Any],
+        *,
+        event: tuple[str, str, Mapping[str, Any]] | None = None,
+    ) -> str:
+        """Queue a job and return its id. With `event` (stream, type, data) that event is
+        published just before, in the same round trip where the broker can (a new turn's
+        `turn.queued`, which is then in its stream before anything the job's run
+        publishes)."""
 
     async def claim(self, consumer: str, *, timeout_s: float) -> Job | None:
         """Wait up to `timeout_s` for a job. Jobs whose owner stopped heartbeating for the

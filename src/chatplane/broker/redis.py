@@ -34,7 +34,6 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
-from redis.typing import EncodableT, FieldT
 
 from chatplane.broker.protocol import (
     DEFAULT_CANCEL_TTL_S,
@@ -57,7 +56,7 @@ from chatplane.broker.redis_streams import (
 )
 from chatplane.errors import ServiceUnavailable
 from chatplane.observability.metrics import redis_error
-from chatplane.redis_direct import DirectConnections
+from chatplane.redis_direct import Command, DirectConnections
 
 _GROUP = "workers"
 _RELEASED = "(released)"  # placeholder owner of released jobs
@@ -188,11 +187,26 @@ class RedisBroker:
 
     # Jobs.
 
-    async def enqueue(self, kind: str, payload: Mapping[str, Any]) -> str:
-        fields: dict[FieldT, EncodableT] = {"kind": kind, "payload": orjson.dumps(dict(payload))}
+    async def enqueue(
+        self,
+        kind: str,
+        payload: Mapping[str, Any],
+        *,
+        event: tuple[str, str, Mapping[str, Any]] | None = None,
+    ) -> str:
+        commands: list[Command] = []
+        if event is not None:
+            stream, type, data = event
+            body = orjson.dumps(dict(data))
+            commands.append(self._xadd_event(self._events_key(stream), type, body))
+        payload_json = orjson.dumps(dict(payload))
+        commands.append(("XADD", self._jobs_key, "*", "kind", kind, "payload", payload_json))
         async with self._op() as conn:
-            job_id: Any = await conn.client.xadd(self._jobs_key, fields)
-        return str(job_id)
+            replies = await conn.events.pipeline(commands)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return str(replies[-1])
 
     async def claim(self, consumer: str, *, timeout_s: float) -> Job | None:
         loop = asyncio.get_running_loop()
@@ -360,14 +374,13 @@ class RedisBroker:
     async def _send_events(self, batch: EventBatch) -> list[Any]:
         """XADD a batch of events in one pipeline (not a transaction: each stands alone,
         and its error is its own)."""
-        cap = self.stream_max_events
         async with self._op() as conn:
             return await conn.events.pipeline(
-                [
-                    ("XADD", key, "MAXLEN", "~", cap, "*", "t", type, "d", body)
-                    for key, type, body in batch
-                ]
+                [self._xadd_event(key, type, body) for key, type, body in batch]
             )
+
+    def _xadd_event(self, key: str, type: str, body: bytes) -> Command:
+        return ("XADD", key, "MAXLEN", "~", self.stream_max_events, "*", "t", type, "d", body)
 
     async def read(self, stream: str, after: str | None, *, timeout_s: float) -> list[Event]:
         after_id = parse_stream_id(after)

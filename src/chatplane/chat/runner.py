@@ -189,21 +189,30 @@ class TurnRunner:
             await self.limits.settle(turn.tenant_id, turn.id, [str(k) for k in keys], cost)
 
     async def _run(self, turn_id: str, job: Job) -> None:
-        # One session and two statements: the start (which returns the turn) and the
-        # history up to the question.
-        async with self.db.session() as session:
-            repo = TurnRepository(session)
-            turn = await repo.start(turn_id, utcnow())
-            if turn is None:
-                return  # already ended (cancelled while queued, done before) or deleted
-            history = await repo.history(turn)
-            await session.commit()
+        # Whether it was cancelled while queued is asked of the broker while the database
+        # starts it: one session and two statements, the start (which returns the turn)
+        # and the history up to the question.
+        cancel_check = asyncio.ensure_future(self.broker.cancel_requested(turn_id))
+        try:
+            async with self.db.session() as session:
+                repo = TurnRepository(session)
+                turn = await repo.start(turn_id, utcnow())
+                if turn is None:
+                    return  # already ended (cancelled while queued, done before) or deleted
+                history = await repo.history(turn)
+                await session.commit()
+            cancelled = await cancel_check
+        finally:
+            if not cancel_check.done():
+                cancel_check.cancel()
+            elif not cancel_check.cancelled():
+                cancel_check.exception()  # retrieved (raised above when it was awaited)
         restarted = turn.attempts > 1  # an earlier run started it and never finished
         question = next((m for m in history if m.id == turn.user_message_id), None)
         turn_started(turn, restarted=restarted)
         if restarted:
             await self.broker.publish(turn_id, "turn.restarted", {"attempt": job.attempt})
-        if await self.broker.cancel_requested(turn_id):
+        if cancelled:
             await self._settle(turn, job.payload, await self._finish_cancelled(turn, "", job=job))
             return
         await self.broker.publish(turn_id, "turn.started", {"model": turn.model})

@@ -293,8 +293,8 @@ class ChatService:
         if admission.reservation is not None:  # the worker settles it when the turn ends
             payload["budget_keys"] = list(admission.reservation.keys)
         try:
-            await self.broker.publish(turn.id, "turn.queued", {"turn_id": turn.id})
-            await self.broker.enqueue(TURN_JOB, payload)
+            queued = (turn.id, "turn.queued", {"turn_id": turn.id})
+            await self.broker.enqueue(TURN_JOB, payload, event=queued)
         except ChatplaneError as exc:
             await admission.finish(0.0)
             await self._withdraw(turn, exc)
