@@ -74,6 +74,9 @@ def create_app(
         version=__version__,
         lifespan=lifespan,
         description="Self-hosted AI chat platform: native chat API and OpenAI-compatible gateway.",
+        # chatplane's telemetry is its Prometheus metrics and structured logs. FastAPI's own
+        # OpenTelemetry, on by default, looks up the global providers on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
     app.state.drain = Drain(deadline_s=settings.drain_timeout_s)
