@@ -15,7 +15,7 @@ import pytest
 
 from tests.broker.support import eventually
 from tests.scale.conftest import PASSWORD
-from tests.scale.procs import Cluster, Proc, run_cli
+from tests.scale.procs import Cluster, Proc, new_key
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -35,12 +35,10 @@ class Deployment:
 async def deployment(cluster: Cluster) -> AsyncIterator[Deployment]:
     tenant = f"cache-{uuid.uuid4().hex[:10]}"
     email = f"owner@{tenant}.example.com"
-    run_cli(cluster.env, "users", "create", email, "--tenant", tenant, "--password-stdin",
-            stdin=PASSWORD + "\n")  # fmt: skip
+    admin_key = await new_key(
+        cluster.env, email, password=PASSWORD, tenant=tenant, name="ops", scopes=("chat", "admin")
+    )
     await make_superadmin(cluster.env["CHATPLANE_DATABASE_URL"], email)
-    admin_key = run_cli(
-        cluster.env, "keys", "create", email, "--name", "ops", "--scope", "chat", "--scope", "admin"
-    ).strip()
     long_ttls = {"CHATPLANE_CACHE_LOCAL_TTL_S": HOUR, "CHATPLANE_CACHE_TTL_S": HOUR}
     first, second = cluster.api("api-1", **long_ttls), cluster.api("api-2", **long_ttls)
     await asyncio.gather(first.wait_ready(), second.wait_ready())
@@ -58,11 +56,9 @@ async def make_superadmin(database_url: str, email: str) -> None:
         await connection.close()
 
 
-def new_member(cluster: Cluster, tenant: str, name: str) -> tuple[str, str]:
+async def new_member(cluster: Cluster, tenant: str, name: str) -> tuple[str, str]:
     email = f"{name}@{tenant}.example.com"
-    run_cli(cluster.env, "users", "create", email, "--tenant", tenant, "--password-stdin",
-            stdin=PASSWORD + "\n")  # fmt: skip
-    return email, run_cli(cluster.env, "keys", "create", email, "--name", name).strip()
+    return email, await new_key(cluster.env, email, password=PASSWORD, tenant=tenant, name=name)
 
 
 async def status_on(proc: Proc, key: str, path: str = "/v1/models") -> int:
@@ -84,7 +80,7 @@ async def id_of_user(deployment: Deployment, email: str) -> str:
 async def check_a_revoked_key_is_refused_by_the_other_api_within_a_second(
     cluster: Cluster, deployment: Deployment
 ) -> None:
-    _, key = new_member(cluster, deployment.tenant, "revoked")
+    _, key = await new_member(cluster, deployment.tenant, "revoked")
     assert await status_on(deployment.second, key) == 200  # now cached on API 2
     key_id = await id_of_key(deployment, key)
 
@@ -100,7 +96,7 @@ async def check_a_revoked_key_is_refused_by_the_other_api_within_a_second(
 async def check_a_disabled_user_is_refused_by_the_other_api_within_a_second(
     cluster: Cluster, deployment: Deployment
 ) -> None:
-    email, key = new_member(cluster, deployment.tenant, "disabled")
+    email, key = await new_member(cluster, deployment.tenant, "disabled")
     assert await status_on(deployment.second, key) == 200
     user_id = await id_of_user(deployment, email)
 
@@ -116,7 +112,7 @@ async def check_a_disabled_user_is_refused_by_the_other_api_within_a_second(
 async def check_a_lowered_key_limit_holds_on_the_other_api_within_a_second(
     cluster: Cluster, deployment: Deployment
 ) -> None:
-    _, key = new_member(cluster, deployment.tenant, "limited")
+    _, key = await new_member(cluster, deployment.tenant, "limited")
     headers = {"authorization": f"Bearer {key}"}
     async with httpx.AsyncClient(base_url=deployment.second.base_url, timeout=10) as second:
         before = await second.post("/v1/chat/completions", json=BODY, headers=headers)
@@ -138,7 +134,7 @@ async def check_a_new_model_is_served_by_the_other_api_within_a_second(
     cluster: Cluster, deployment: Deployment
 ) -> None:
     name = f"{deployment.tenant}-model"
-    _, key = new_member(cluster, deployment.tenant, "models")
+    _, key = await new_member(cluster, deployment.tenant, "models")
 
     async def listed() -> bool:
         async with httpx.AsyncClient(base_url=deployment.second.base_url, timeout=10) as client:
@@ -155,7 +151,7 @@ async def check_a_new_model_is_served_by_the_other_api_within_a_second(
 
 
 async def check_the_cache_is_counted_in_metrics(cluster: Cluster, deployment: Deployment) -> None:
-    _, key = new_member(cluster, deployment.tenant, "counted")
+    _, key = await new_member(cluster, deployment.tenant, "counted")
     for _ in range(3):
         assert await status_on(deployment.second, key) == 200
     async with httpx.AsyncClient(base_url=deployment.second.base_url, timeout=10) as client:

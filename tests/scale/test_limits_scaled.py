@@ -3,23 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections import Counter
 
 import httpx
 import pytest
 
 from tests.scale.conftest import PASSWORD
-from tests.scale.procs import Cluster, run_cli
+from tests.scale.procs import Group, new_key
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
 
-async def test_a_key_limit_holds_across_two_api_processes(cluster: Cluster) -> None:
-    email = f"limited-{cluster.env['CHATPLANE_REDIS_PREFIX']}@example.com"
-    run_cli(cluster.env, "users", "create", email, "--password-stdin", stdin=PASSWORD + "\n")
-    key = run_cli(cluster.env, "keys", "create", email, "--name", "rpm", "--rpm", "20").strip()
-    first, second = cluster.api("api-1"), cluster.api("api-2")
-    await asyncio.gather(first.wait_ready(), second.wait_ready())
+async def test_a_key_limit_holds_across_two_api_processes(shared: Group) -> None:
+    email = f"limited-{uuid.uuid4().hex[:10]}@example.com"
+    key = await new_key(shared.env, email, password=PASSWORD, name="rpm", rpm=20)
+    first, second = shared.first, shared.second
 
     headers = {"authorization": f"Bearer {key}"}
     body = {"model": "mock-echo", "messages": [{"role": "user", "content": "hi"}]}

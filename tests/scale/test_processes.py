@@ -15,7 +15,7 @@ import openai
 import pytest
 
 from tests.api.sse import read_events, text_of
-from tests.scale.procs import Cluster, Proc
+from tests.scale.procs import Cluster, Group, Proc
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -67,9 +67,12 @@ async def running_on(workers: list[Proc], turn_id: str) -> tuple[Proc, Proc]:
         await asyncio.sleep(0.05)
 
 
-async def test_a_stream_resumes_on_another_api_process(cluster: Cluster, user_key: str) -> None:
-    first, second, _ = await start_cluster(cluster)
-    async with client(first.base_url, user_key) as one, client(second.base_url, user_key) as two:
+async def test_a_stream_resumes_on_another_api_process(shared: Group, shared_key: str) -> None:
+    first, second = shared.first, shared.second
+    async with (
+        client(first.base_url, shared_key) as one,
+        client(second.base_url, shared_key) as two,
+    ):
         conversation_id, _, events_url = await start_turn(one)
         watcher = asyncio.create_task(read_events(two, events_url))
         head = await read_events(one, events_url, limit=len(WORDS.split()) // 2)
@@ -123,9 +126,12 @@ async def test_sigterm_hands_a_running_turn_back_at_once(cluster: Cluster, user_
         assert turn_id in staying.log()
 
 
-async def test_cancel_reaches_a_turn_on_another_process(cluster: Cluster, user_key: str) -> None:
-    first, second, _ = await start_cluster(cluster)
-    async with client(first.base_url, user_key) as one, client(second.base_url, user_key) as two:
+async def test_cancel_reaches_a_turn_on_another_process(shared: Group, shared_key: str) -> None:
+    first, second = shared.first, shared.second
+    async with (
+        client(first.base_url, shared_key) as one,
+        client(second.base_url, shared_key) as two,
+    ):
         conversation_id, turn_id, events_url = await start_turn(one)
         head = await read_events(one, events_url, limit=5)
         assert head[-1].event == "message.delta"
@@ -139,15 +145,14 @@ async def test_cancel_reaches_a_turn_on_another_process(cluster: Cluster, user_k
         assert await assistant_messages(two, conversation_id) == [partial]
 
 
-async def test_serve_with_two_api_processes(cluster: Cluster, user_key: str) -> None:
-    api = cluster.api("api-pair", "--workers", "2")
-    cluster.worker("worker")
+async def test_serve_with_two_api_processes(joining: Cluster, shared_key: str) -> None:
+    api = joining.api("api-pair", "--workers", "2")
     await api.wait_ready()
-    async with client(api.base_url, user_key) as http:
+    async with client(api.base_url, shared_key) as http:
         _, _, events_url = await start_turn(http, "hello from two processes")
         frames = await read_events(http, events_url)
         assert text_of(frames) == "hello from two processes"
-    sdk = openai.AsyncOpenAI(base_url=f"{api.base_url}/v1", api_key=user_key, max_retries=0)
+    sdk = openai.AsyncOpenAI(base_url=f"{api.base_url}/v1", api_key=shared_key, max_retries=0)
     async with sdk:
         answers = await asyncio.gather(
             *[

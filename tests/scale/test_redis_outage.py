@@ -14,7 +14,7 @@ import pytest
 
 from tests.api.sse import read_events, text_of
 from tests.own_redis import OwnRedis
-from tests.scale.procs import Cluster, run_cli
+from tests.scale.procs import Cluster, new_key
 from tests.scale.test_processes import assistant_messages, client, start_turn
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
@@ -35,11 +35,7 @@ async def test_redis_restart(cluster: Cluster, own_redis: OwnRedis) -> None:
     api = cluster.api("api", **env)
     cluster.worker("worker", **env)
     await api.wait_ready()
-    email = "outage@example.com"
-    run_cli(
-        {**cluster.env, **env}, "users", "create", email, "--password-stdin", stdin="pw-12345678\n"
-    )
-    key = run_cli({**cluster.env, **env}, "keys", "create", email, "--name", "o").strip()
+    key = await new_key(cluster.env, "outage@example.com", password="pw-12345678", name="o")
 
     async with client(api.base_url, key) as http:
         conversation_id, _, events_url = await start_turn(http, "before the outage")

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests.api.sse import TERMINAL, Frame, read_events, text_of
-from tests.scale.procs import Cluster, Proc
+from tests.scale.procs import Cluster, Group, Proc
 from tests.scale.test_processes import WORDS, assistant_messages, client, start_turn
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
@@ -48,12 +48,14 @@ async def follow(bases: list[str], key: str, events_url: str) -> tuple[list[Fram
     return frames, attempt
 
 
-async def test_sigterm_drains_an_api_process(cluster: Cluster, user_key: str) -> None:
-    first, second = cluster.api("api-1"), cluster.api("api-2")
-    cluster.worker("worker-1")
-    await asyncio.gather(first.wait_ready(), second.wait_ready())
+async def test_sigterm_drains_an_api_process(
+    shared: Group, joining: Cluster, shared_key: str
+) -> None:
+    """Drains an API process of its own; the shared one is the other."""
+    first, second = joining.api("api-draining"), shared.second
+    await first.wait_ready()
 
-    async with client(first.base_url, user_key) as http:
+    async with client(first.base_url, shared_key) as http:
         conversation_id, _, events_url = await start_turn(http)
         head = await read_events(http, events_url, limit=3)
         # A stream left open on the process that is about to drain.
@@ -102,30 +104,31 @@ async def test_sigterm_drains_an_api_process(cluster: Cluster, user_key: str) ->
 
     # The client resumes on the other process after the last event it saw: nothing lost.
     seen = head + cut
-    async with client(second.base_url, user_key) as http:
+    async with client(second.base_url, shared_key) as http:
         rest = await read_events(http, events_url, last_event_id=seen[-1].id)
         assert text_of(seen + rest) == WORDS
         assert rest[-1].event == "turn.completed"
         assert await assistant_messages(http, conversation_id) == [WORDS]
 
 
-async def test_a_rolling_restart_under_load_loses_nothing(cluster: Cluster, user_key: str) -> None:
-    apis: list[Proc] = [cluster.api("api-a"), cluster.api("api-b")]
+async def test_a_rolling_restart_under_load_loses_nothing(
+    joining: Cluster, shared_key: str
+) -> None:
+    """API processes of its own (it stops them), the shared workers."""
+    apis: list[Proc] = [joining.api("api-a"), joining.api("api-b")]
     # The new version's processes come up first (a surge, as a rolling deployment does), so
     # however long a process takes to start on a busy machine, the turns are still being
     # written when the old ones are stopped.
-    successors: list[Proc] = [cluster.api(f"{api.name}-new") for api in apis]
-    cluster.worker("worker-1")
-    cluster.worker("worker-2")
+    successors: list[Proc] = [joining.api(f"{api.name}-new") for api in apis]
     await asyncio.gather(*[api.wait_ready() for api in apis + successors])
     bases = [api.base_url for api in apis]
 
     turns: list[tuple[str, str, str]] = []
     for n in range(6):
-        async with client(bases[n % 2], user_key) as http:
+        async with client(bases[n % 2], shared_key) as http:
             turns.append(await start_turn(http, LONG))
     followers = [
-        asyncio.create_task(follow(bases, user_key, events_url)) for _, _, events_url in turns
+        asyncio.create_task(follow(bases, shared_key, events_url)) for _, _, events_url in turns
     ]
 
     # Replace each API process in turn, as a deployment does: the new one joins the
@@ -141,7 +144,7 @@ async def test_a_rolling_restart_under_load_loses_nothing(cluster: Cluster, user
 
     results = await asyncio.gather(*followers)
     assert any(connections > 1 for _, connections in results)  # streams were cut and resumed
-    async with client(bases[0], user_key) as http:
+    async with client(bases[0], shared_key) as http:
         for (conversation_id, _, _), (frames, _) in zip(turns, results, strict=True):
             assert frames[-1].event == "turn.completed"
             assert text_of(frames) == LONG  # every delta exactly once

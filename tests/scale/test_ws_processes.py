@@ -10,22 +10,10 @@ import pytest
 
 from tests.api.sse import Frame, id_order, read_events, text_of
 from tests.api.wsclient import as_tuples, channel, events_until_closed, expect, read_turns, send
-from tests.scale.procs import Cluster, Proc
+from tests.scale.procs import Cluster, Group
 from tests.scale.test_processes import WORDS, client
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
-
-
-async def two_apis_and_a_worker(cluster: Cluster) -> tuple[Proc, Proc]:
-    first, second = cluster.api("api-1"), cluster.api("api-2")
-    worker = cluster.worker("worker-1")
-    # Generous deadlines: three Python processes starting at once on a busy machine.
-    await asyncio.gather(
-        first.wait_ready(timeout_s=90),
-        second.wait_ready(timeout_s=90),
-        worker.wait_for_log("worker_started", timeout_s=90),
-    )
-    return first, second
 
 
 async def assert_whole_turn(base_url: str, key: str, turn_id: str, frames: list[Frame]) -> None:
@@ -39,30 +27,33 @@ async def assert_whole_turn(base_url: str, key: str, turn_id: str, frames: list[
 
 
 async def test_a_subscription_resumes_on_the_other_api_process(
-    cluster: Cluster, user_key: str
+    shared: Group, shared_key: str
 ) -> None:
-    first, second = await two_apis_and_a_worker(cluster)
-    async with client(first.base_url, user_key) as http:
+    first, second = shared.first, shared.second
+    async with client(first.base_url, shared_key) as http:
         conversation_id = (await http.post("/api/conversations", json={})).json()["id"]
-    async with channel(first.base_url, user_key) as ws:
+    async with channel(first.base_url, shared_key) as ws:
         await send(ws, type="send", conversation_id=conversation_id, content=WORDS)
         turn_id = (await expect(ws, "accepted"))["turn_id"]
         head = (await read_turns(ws, {turn_id}, limit=len(WORDS.split()) // 2))[turn_id]
     assert head[-1].event == "message.delta"  # left mid-turn
-    async with channel(second.base_url, user_key) as ws:
+    async with channel(second.base_url, shared_key) as ws:
         await send(ws, type="subscribe", turn_id=turn_id, after=head[-1].id)
         tail = (await read_turns(ws, {turn_id}))[turn_id]
-    await assert_whole_turn(second.base_url, user_key, turn_id, head + tail)
+    await assert_whole_turn(second.base_url, shared_key, turn_id, head + tail)
 
 
 async def test_a_draining_process_sends_its_clients_to_the_other(
-    cluster: Cluster, user_key: str
+    shared: Group, joining: Cluster, shared_key: str
 ) -> None:
-    first, second = await two_apis_and_a_worker(cluster)
-    async with client(first.base_url, user_key) as http:
+    """Drains an API process of its own; the shared one is the other."""
+    first, second = joining.api("api-draining"), shared.second
+    # A generous deadline: a Python process starting on a busy machine.
+    await first.wait_ready(timeout_s=90)
+    async with client(first.base_url, shared_key) as http:
         conversation_id = (await http.post("/api/conversations", json={})).json()["id"]
     head: list[Frame] = []
-    async with channel(first.base_url, user_key) as ws:
+    async with channel(first.base_url, shared_key) as ws:
         await send(ws, type="send", conversation_id=conversation_id, content=WORDS)
         turn_id = (await expect(ws, "accepted"))["turn_id"]
         head += (await read_turns(ws, {turn_id}, limit=5))[turn_id]
@@ -73,7 +64,7 @@ async def test_a_draining_process_sends_its_clients_to_the_other(
     assert await stopping in (0, -15)  # uvicorn re-raises the SIGTERM it handled
     assert "drain_started" in first.log()
     assert head[-1].event != "turn.completed"
-    async with channel(second.base_url, user_key) as ws:
+    async with channel(second.base_url, shared_key) as ws:
         await send(ws, type="subscribe", turn_id=turn_id, after=head[-1].id)
         tail = (await read_turns(ws, {turn_id}))[turn_id]
-    await assert_whole_turn(second.base_url, user_key, turn_id, head + tail)
+    await assert_whole_turn(second.base_url, shared_key, turn_id, head + tail)
