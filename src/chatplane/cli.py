@@ -139,9 +139,13 @@ def serve(
             "their events through Redis",
             2,
         )
-    # In a child process, so Alembic stays out of the server: the embedded SQLite is
-    # migrated; Postgres is migrated once per deploy (`db upgrade`) and only checked here.
-    _database_in_child_process("upgrade" if settings.is_embedded_db else "check")
+    # The embedded SQLite is migrated; Postgres is migrated once per deploy (`db upgrade`)
+    # and only checked here. (Alembic stays out of the server: this process hands itself
+    # over to a fresh interpreter, and `--workers N` starts fresh ones.)
+    if settings.is_embedded_db:
+        _upgrade_database(settings, "head")
+    else:
+        _check_database(settings)
     has_users = run(_has_users(settings))
     typer.echo(f"chatplane {__version__} on http://{bind_host}:{bind_port}")
     typer.echo(f"data: {settings.data_dir.resolve()}  database: {_safe_url(settings)}")
@@ -204,14 +208,6 @@ def worker(
     become("worker")
 
 
-def _database_in_child_process(command: str) -> None:
-    import subprocess
-
-    done = subprocess.run([sys.executable, "-m", "chatplane", "db", command], check=False)
-    if done.returncode != 0:
-        raise typer.Exit(done.returncode)
-
-
 async def _has_users(settings: Settings) -> bool:
     from chatplane.auth.repository import AuthRepository
     from chatplane.db.engine import Database, create_engine
@@ -233,9 +229,17 @@ def _safe_url(settings: Settings) -> str:
 @db_cli.command("upgrade")
 def db_upgrade(revision: str = typer.Argument("head")) -> None:
     """Apply the schema migrations (run once per deploy in the scaled shape)."""
-    from chatplane.db import migrate
+    _upgrade_database(load_settings(), revision)
 
-    settings = load_settings()
+
+@db_cli.command("check")
+def db_check() -> None:
+    """Exit 0 when the database schema is up to date, 1 when it needs `db upgrade`."""
+    _check_database(load_settings())
+
+
+def _upgrade_database(settings: Settings, revision: str) -> None:
+    from chatplane.db import migrate
 
     async def upgrade() -> str | None:
         await migrate.upgrade(settings.resolved_database_url, revision)
@@ -245,12 +249,9 @@ def db_upgrade(revision: str = typer.Argument("head")) -> None:
     typer.echo(f"database at revision {current}")
 
 
-@db_cli.command("check")
-def db_check() -> None:
-    """Exit 0 when the database schema is up to date, 1 when it needs `db upgrade`."""
+def _check_database(settings: Settings) -> None:
     from chatplane.db import migrate
 
-    settings = load_settings()
     current = run(migrate.current_revision(settings.resolved_database_url))
     head = migrate.head_revision()
     if current != head:
