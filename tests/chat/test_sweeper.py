@@ -8,12 +8,17 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import pytest
+from sqlalchemy import select
+
+from chatplane.admin.limits import LimitsAdminService
 from chatplane.auth.principal import Principal
 from chatplane.chat.models import Turn
 from chatplane.chat.sweeper import LOST_CODE, TurnSweeper
 from chatplane.chat.worker import TurnWorker
 from chatplane.container import Services, build_services
 from chatplane.observability.metrics import TURNS_SWEPT
+from chatplane.usage.models import UsageRecord
 from tests.broker.support import events_until_end, eventually
 from tests.conftest import make_settings
 
@@ -85,6 +90,46 @@ async def test_a_queued_turn_without_a_job_is_requeued_once_and_completes(
             ("user", WORDS),
             ("assistant", WORDS),
         ]
+    finally:
+        await worker.stop(deadline_s=1)
+        await services.close()
+
+
+async def test_a_requeued_turn_settles_the_budget_its_post_reserved(tmp_path: Path) -> None:
+    prices = {"mock": [1000.0, 2000.0], "mock-echo": [1000.0, 2000.0]}  # USD per million
+    services = await _services(tmp_path, turn_sweep_grace_s=0.01, model_prices=prices)
+    worker = TurnWorker(services.broker, services.runner, concurrency=2, max_attempts=3)
+    try:
+        user = await services.auth.create_user("b@example.com", "password-123", role="admin")
+        principal = Principal(
+            user_id=user.id, tenant_id=user.tenant_id, email=user.email, role=user.role
+        )
+        admin = LimitsAdminService(services.db, services.limits, services.audit)
+        budget = await admin.create_budget(
+            principal, scope_name="user", subject_id=user.id, period="day", limit_usd=5.0
+        )
+        turn = await _post(services, principal)
+        assert turn.budget_keys  # the post reserved under the user's budget
+        await _lose_job(services)  # the job that carried the keys is gone
+        assert (await admin.budgets(principal))[0].reserved_usd > 0
+
+        await asyncio.sleep(0.02)
+        sweeper = TurnSweeper(services.db, services.broker, services.runner, services.settings)
+        assert (await sweeper.sweep()).requeued == 1
+        worker.start()
+        assert (await _turn_ends(services, principal, turn.id)).status == "completed"
+
+        await services.usage.flush()
+        async with services.db.session() as session:
+            cost = await session.scalar(
+                select(UsageRecord.cost_usd).where(UsageRecord.turn_id == turn.id)
+            )
+        [after] = await admin.budgets(principal)
+        assert after.budget.id == budget.budget.id
+        assert after.reserved_usd == 0  # settled, not left to lapse
+        assert cost is not None
+        assert cost > 0
+        assert after.spent_usd == pytest.approx(cost, abs=1e-9)
     finally:
         await worker.stop(deadline_s=1)
         await services.close()

@@ -72,3 +72,6 @@ class Turn(IdMixin, CreatedMixin, Base):
     # post's body, so a retry with another body under the same key is refused.
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     request_hash: Mapped[str | None] = mapped_column(String(64))
+    # The budget counters its post reserved under, settled when it ends, whichever job runs
+    # it (the sweeper's and the ops requeue's too).
+    budget_keys: Mapped[list[str] | None] = mapped_column(JSON)

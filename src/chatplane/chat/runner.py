@@ -183,8 +183,9 @@ class TurnRunner:
 
     async def _settle(self, turn: Turn, payload: Mapping[str, Any], cost: float | None) -> None:
         """Settle the turn's budget reservation once the outcome is stored (only the run that
-        stored it gets a cost; a second run of the same turn finds nothing to settle)."""
-        keys = payload.get("budget_keys")
+        stored it gets a cost; a second run of the same turn finds nothing to settle). The
+        keys are on the turn (jobs of the release before carry them in their payload)."""
+        keys = turn.budget_keys or payload.get("budget_keys")
         if cost is not None and isinstance(keys, list):
             await self.limits.settle(turn.tenant_id, turn.id, [str(k) for k in keys], cost)
 

@@ -262,6 +262,9 @@ class ChatService:
                     created_at=now,
                     idempotency_key=idempotency_key,
                     request_hash=fingerprint,
+                    budget_keys=(
+                        list(admission.reservation.keys) if admission.reservation else None
+                    ),
                 )
                 await session.execute(insert(Turn).values(row_of(turn)))
                 changes: dict[str, object] = {"updated_at": now}
@@ -290,8 +293,8 @@ class ChatService:
                 await admission.finish(0.0)
                 raise
         payload: dict[str, object] = {"turn_id": turn.id}
-        if admission.reservation is not None:  # the worker settles it when the turn ends
-            payload["budget_keys"] = list(admission.reservation.keys)
+        if turn.budget_keys:  # also in the job, for the workers of the release before
+            payload["budget_keys"] = turn.budget_keys
         try:
             queued = (turn.id, "turn.queued", {"turn_id": turn.id})
             await self.broker.enqueue(TURN_JOB, payload, event=queued)
