@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Locator, Page, expect
+from playwright.async_api import Locator, Page, Route, expect
 
 from .conftest import LiveServer, PageLog
 
@@ -460,6 +460,58 @@ async def test_api_errors_show_in_a_toast_and_keep_the_draft(
     answer = page.locator("#thread .msg-assistant").last
     await expect(answer).to_have_attribute("data-status", "completed", timeout=STREAM_TIMEOUT_MS)
     assert await answer_source(page) == "are you there?"
+    await assert_clean(page, log)
+
+
+async def test_sending_again_after_a_lost_answer_stores_the_message_once(
+    desktop: tuple[Page, PageLog], live_server: LiveServer, artifacts: Path
+) -> None:
+    """The message reached the server but its answer never reached the page (the connection
+    dropped): the draft is kept, and sending it again reuses its Idempotency-Key, so the
+    server answers with the stored turn instead of storing the message twice."""
+    page, log = desktop
+    await log_in(page, live_server)
+    conversation_id = await new_chat(page)
+    messages_url = f"**/api/conversations/{conversation_id}/messages"
+    keys: list[str | None] = []
+    page.on(
+        "request",
+        lambda request: (
+            keys.append(request.headers.get("idempotency-key"))
+            if request.method == "POST" and request.url.endswith("/messages")
+            else None
+        ),
+    )
+
+    async def lose_the_answer(route: Route) -> None:
+        stored = await route.fetch()  # the server stores the message and answers 202 ...
+        assert stored.status == 202
+        await route.abort("connectionreset")  # ... and the page never hears it
+
+    await page.route(messages_url, lose_the_answer, times=1)
+    await page.fill("#composer-input", "only once, please")
+    await page.press("#composer-input", "Enter")
+    await expect(page.locator("#toasts .toast").last).to_be_visible()
+    await expect(page.locator("#composer-input")).to_have_value("only once, please")
+    await shot(page, artifacts, "13-send-lost")
+
+    await page.press("#composer-input", "Enter")
+    answer = last_answer(page)
+    await expect(answer).to_have_attribute("data-status", "completed", timeout=STREAM_TIMEOUT_MS)
+    assert await answer_source(page) == "only once, please"
+    assert len(keys) == 2
+    assert keys[0]
+    assert keys[0] == keys[1]
+    detail = await (await page.request.get(f"/api/conversations/{conversation_id}")).json()
+    assert [(m["role"], m["content"]) for m in detail["messages"]] == [
+        ("user", "only once, please"),
+        ("assistant", "only once, please"),
+    ]
+    # Another message gets a key of its own.
+    answer = await send(page, "and a new one")
+    await expect(answer).to_have_attribute("data-status", "completed", timeout=STREAM_TIMEOUT_MS)
+    assert len(keys) == 3
+    assert keys[2] not in (None, keys[0])
     await assert_clean(page, log)
 
 
