@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from chatplane.auth.principal import Principal
-from chatplane.chat.runner import fit_context
+from chatplane.broker.memory import MemoryBroker
+from chatplane.chat.runner import CancelWatch, fit_context
 from chatplane.chat.worker import TurnWorker
 from chatplane.container import Services, build_services
+from chatplane.errors import ServiceUnavailable
 from chatplane.providers.protocol import ChatMessage
 from tests.broker.support import events_until_end
 from tests.conftest import make_settings
@@ -159,3 +161,29 @@ def test_context_keeps_the_newest_messages_that_fit() -> None:
     assert kept == history[-len(kept) :]
     huge = [ChatMessage(role="user", content="y" * 100_000)]
     assert fit_context(huge, budget_tokens=256) == huge  # the question itself always goes
+
+
+class _FlakyCancelChecks(MemoryBroker):
+    """The first `cancels_requested` calls fail, as a broker that is briefly away or errs."""
+
+    def __init__(self, failures: list[Exception]) -> None:
+        super().__init__()
+        self.failures = failures
+        self.checks = 0
+
+    async def cancels_requested(self, turn_ids: Collection[str]) -> set[str]:
+        self.checks += 1
+        if self.failures:
+            raise self.failures.pop(0)
+        return await super().cancels_requested(turn_ids)
+
+
+async def test_the_cancel_watch_outlives_failed_checks() -> None:
+    broker = _FlakyCancelChecks([ServiceUnavailable("away"), RuntimeError("a bug")])
+    watch = CancelWatch(broker, interval_s=0.01)
+    await broker.request_cancel("t1")
+    with watch.watch("t1") as cancelled, watch.watch("t2") as other:
+        async with asyncio.timeout(5):
+            await cancelled
+        assert not other.done()
+    assert broker.checks == 3  # two failed, the third saw the cancel

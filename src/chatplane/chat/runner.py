@@ -106,6 +106,9 @@ class CancelWatch:
             except ServiceUnavailable as exc:  # the turns' own publishes report the outage
                 log.warning("cancel_check_failed", error=exc.detail)
                 continue
+            except Exception:  # the next check may work: the watch must outlive one failure
+                log.exception("cancel_check_failed")
+                continue
             for cancelled, turn_id in list(self._watched.items()):
                 if turn_id in found and not cancelled.done():
                     cancelled.set_result(None)
