@@ -51,10 +51,18 @@ class DirectConnections:
             raise reply
         return reply
 
-    async def pipeline(self, commands: Sequence[Command]) -> list[Any]:
+    async def pipeline(
+        self, commands: Sequence[Command], *, raise_on_error: bool = False
+    ) -> list[Any]:
         """Every command's reply, in order, from one write: an error reply is returned as
-        its exception, and the others stand (not a transaction)."""
-        return await self._exchange(commands, None)
+        its exception, and the others stand (not a transaction); with `raise_on_error` the
+        first error reply is raised once every reply is read."""
+        replies = await self._exchange(commands, None)
+        if raise_on_error:
+            for reply in replies:
+                if isinstance(reply, redis_errors.ResponseError):
+                    raise reply
+        return replies
 
     async def close(self) -> None:
         connections, self._open = self._open, set()

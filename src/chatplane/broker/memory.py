@@ -27,6 +27,7 @@ from chatplane.broker.protocol import (
     DeadLetter,
     Event,
     Job,
+    JobAnnouncement,
     JobLost,
     QueueStats,
 )
@@ -116,7 +117,7 @@ class MemoryBroker:
         kind: str,
         payload: Mapping[str, Any],
         *,
-        event: tuple[str, str, Mapping[str, Any]] | None = None,
+        event: JobAnnouncement | None = None,
     ) -> str:
         self._ensure_open()
         if event is not None:

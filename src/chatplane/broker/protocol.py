@@ -31,6 +31,10 @@ class Event:
     data: Mapping[str, Any]
 
 
+# An event `enqueue` publishes before its job: (stream, type, data).
+JobAnnouncement = tuple[str, str, Mapping[str, Any]]
+
+
 @dataclass(frozen=True, slots=True)
 class Job:
     id: str
@@ -76,7 +80,7 @@ class Broker(Protocol):
         kind: str,
         payload: Mapping[str, Any],
         *,
-        event: tuple[str, str, Mapping[str, Any]] | None = None,
+        event: JobAnnouncement | None = None,
     ) -> str:
         """Queue a job and return its id. With `event` (stream, type, data) that event is
         published just before, in the same round trip where the broker can (a new turn's

@@ -42,6 +42,7 @@ from chatplane.broker.protocol import (
     DeadLetter,
     Event,
     Job,
+    JobAnnouncement,
     JobLost,
     QueueStats,
 )
@@ -146,7 +147,7 @@ class RedisBroker:
         if self._conn is not None:
             return
         self._closed = False
-        client = Redis.from_pool(self._pool(self.max_connections, _SOCKET_TIMEOUT_S))
+        client = Redis.from_pool(self._pool())
         events = DirectConnections(client, max_connections=max(2, self.max_connections // 2))
         reader = DirectConnections(
             client, max_connections=1, timeout_s=self.read_block_s + _SOCKET_TIMEOUT_S
@@ -192,7 +193,7 @@ class RedisBroker:
         kind: str,
         payload: Mapping[str, Any],
         *,
-        event: tuple[str, str, Mapping[str, Any]] | None = None,
+        event: JobAnnouncement | None = None,
     ) -> str:
         commands: list[Command] = []
         if event is not None:
@@ -202,10 +203,7 @@ class RedisBroker:
         payload_json = orjson.dumps(dict(payload))
         commands.append(("XADD", self._jobs_key, "*", "kind", kind, "payload", payload_json))
         async with self._op() as conn:
-            replies = await conn.events.pipeline(commands)
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
+            replies = await conn.events.pipeline(commands, raise_on_error=True)
         return str(replies[-1])
 
     async def claim(self, consumer: str, *, timeout_s: float) -> Job | None:
@@ -424,10 +422,9 @@ class RedisBroker:
         if not ids:
             return set()
         async with self._op() as conn:
-            found = await conn.events.pipeline([("EXISTS", self._cancel_key(i)) for i in ids])
-        for reply in found:
-            if isinstance(reply, Exception):
-                raise reply
+            found = await conn.events.pipeline(
+                [("EXISTS", self._cancel_key(i)) for i in ids], raise_on_error=True
+            )
         return {turn_id for turn_id, reply in zip(ids, found, strict=True) if reply}
 
     def _cancel_key(self, turn_id: str) -> str:
@@ -435,16 +432,18 @@ class RedisBroker:
 
     # Connections.
 
-    def _pool(self, max_connections: int, socket_timeout: float) -> BlockingConnectionPool:
+    def _pool(self) -> BlockingConnectionPool:
+        """The pool of the job commands and scripts; the event connections (`DirectConnections`)
+        are made like its own."""
         return BlockingConnectionPool.from_url(
             self.url,
-            max_connections=max_connections,
+            max_connections=self.max_connections,
             timeout=_POOL_WAIT_S,
             decode_responses=True,
             protocol=2,
             client_name=self.client_name,
             socket_connect_timeout=_CONNECT_TIMEOUT_S,
-            socket_timeout=socket_timeout,
+            socket_timeout=_SOCKET_TIMEOUT_S,
             socket_keepalive=True,
             health_check_interval=_HEALTH_CHECK_S,
             retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
@@ -482,15 +481,13 @@ class RedisBroker:
         """Interrupt the shared XREAD (it always includes this stream). Also used while
         closing, so it does not check whether the broker is open."""
         async with self._tracked():
-            replies = await events.pipeline(
+            await events.pipeline(
                 [
                     ("XADD", self._wake_key, "MAXLEN", 1, "*", "w", "1"),
                     ("PEXPIRE", self._wake_key, _WAKE_KEY_TTL_MS),
-                ]
+                ],
+                raise_on_error=True,
             )
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
 
     def _unavailable_error(self, exc: Exception) -> ServiceUnavailable:
         return ServiceUnavailable(f"{self._where} is unavailable: {exc}")
