@@ -24,6 +24,8 @@ PG_ADMIN_DSN = os.environ.get("CHATPLANE_TEST_PG_DSN", "postgresql://postgres@12
 REDIS_TEST_URL = os.environ.get("CHATPLANE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 RUN_ID = uuid.uuid4().hex[:10]
 
+pytest_plugins = ["tests.chromium", "tests.watchdog"]
+
 
 def service_missing(what: str, error: BaseException) -> None:
     """Skip on a laptop without the service; fail under CI, where it must be there."""

@@ -12,6 +12,7 @@ import uvicorn
 from chatplane.app import create_app
 from chatplane.container import Services, build_services
 from chatplane.db import migrate
+from chatplane.process import GRACEFUL_SHUTDOWN_S
 from chatplane.settings import Settings
 
 PASSWORD = "correct horse battery"
@@ -37,10 +38,15 @@ class LiveServer:
         await self.services.close()
 
 
-async def start_live_server(settings: Settings, *, email: str) -> LiveServer:
+async def start_live_server(
+    settings: Settings, *, email: str, run_turns: bool = True, with_user: bool = True
+) -> LiveServer:
+    """A server as `chatplane serve` builds it (with a turn worker inside unless
+    `run_turns` is false: then a turn stays queued until the test decides what becomes of
+    its job), and, `with_user`, an admin `email` with an API key."""
     if not settings.is_embedded_db:
         await migrate.upgrade(settings.resolved_database_url)
-    services = await build_services(settings, run_turns=True)
+    services = await build_services(settings, run_turns=run_turns)
     app = create_app(settings, services=services)
     config = uvicorn.Config(
         app,
@@ -50,6 +56,9 @@ async def start_live_server(settings: Settings, *, email: str) -> LiveServer:
         lifespan="off",
         loop="asyncio",
         proxy_headers=False,  # as `chatplane serve` runs it
+        # As `chatplane serve`: a response still running at a stop (a stream a test left
+        # open) is cut after this, instead of holding the stop forever.
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
@@ -61,6 +70,7 @@ async def start_live_server(settings: Settings, *, email: str) -> LiveServer:
             await asyncio.sleep(0.01)
     port = server.servers[0].sockets[0].getsockname()[1]
     live = LiveServer(f"http://127.0.0.1:{port}", services, server, task, email=email)
-    await services.auth.create_user(live.email, PASSWORD, tenant_slug="acme", role="admin")
-    _, live.api_key = await services.auth.create_api_key(live.email, "tests")
+    if with_user:
+        await services.auth.create_user(live.email, PASSWORD, tenant_slug="acme", role="admin")
+        _, live.api_key = await services.auth.create_api_key(live.email, "tests")
     return live

@@ -1,4 +1,5 @@
-"""Browser test fixtures: a live `chatplane serve` process and Debian's headless Chromium.
+"""Browser test fixtures: a live `chatplane serve` process, and pages of the run's one
+headless Chromium (`browser`, from `tests.chromium`).
 
 The server runs as a real subprocess on a free port with its own data dir, so the tests see
 exactly what a user sees: the static app, cookies, CSRF, CSP and the SSE streams.
@@ -23,19 +24,8 @@ from pathlib import Path
 import httpx
 import pytest
 import pytest_asyncio
-from playwright.async_api import Browser, BrowserContext, ConsoleMessage, Page, async_playwright
+from playwright.async_api import Browser, BrowserContext, ConsoleMessage, Page
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "browser"
 STARTUP_TIMEOUT_S = 30.0
@@ -149,16 +139,6 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @pytest.fixture(scope="session")
-def chromium_path() -> Path:
-    if not CHROMIUM.exists():
-        reason = f"{CHROMIUM} not found (install Debian's chromium: make browser)"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return CHROMIUM
-
-
-@pytest.fixture(scope="session")
 def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     external = os.environ.get("CHATPLANE_BROWSER_BASE_URL")
     if external:
@@ -215,18 +195,6 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
         yield server
     finally:
         _stop(process)
-
-
-@pytest_asyncio.fixture(scope="session")
-async def browser(chromium_path: Path) -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=str(chromium_path), args=CHROMIUM_ARGS
-        )
-        try:
-            yield browser
-        finally:
-            await browser.close()
 
 
 @pytest.fixture(scope="session")

@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator
 import pytest
 
 from tests.api.conftest import Shape
-from tests.api.live import LiveServer
+from tests.api.live import LiveServer, start_live_server
 from tests.broker.support import REDIS_URL, delete_keys, require_redis, unique_prefix
 from tests.conftest import make_settings
-from tests.ops.support import OPS_TOKEN, start_server
+from tests.ops.support import OPS_TOKEN
 
 # A mock-echo turn of WORDS words takes about WORDS x this: long enough to be seen running.
 MOCK_CHUNK_DELAY_MS = 40.0
@@ -44,8 +44,11 @@ async def _server(
         turn_max_attempts=1 if not run_turns else 3,
         trusted_proxies=["127.0.0.1"],
     )
-    return await start_server(
-        settings, email=f"ops-{name}.{shape.name}@example.com", run_turns=run_turns
+    return await start_live_server(
+        settings,
+        email=f"ops-{name}.{shape.name}@example.com",
+        run_turns=run_turns,
+        with_user=False,
     )
 
 

@@ -17,13 +17,13 @@ import pytest
 
 from tests.admin.support import add_user, expect, new_org
 from tests.api.conftest import Shape
-from tests.api.live import LiveServer
+from tests.api.live import LiveServer, start_live_server
 from tests.api.wsclient import channel
 from tests.api.wsclient import expect as ws_expect
 from tests.api.wsclient import send as ws_send
 from tests.broker.support import delete_keys, require_redis, unique_prefix
 from tests.conftest import make_settings
-from tests.ops.support import OPS_TOKEN, eventually, ops_client, start_server
+from tests.ops.support import OPS_TOKEN, eventually, ops_client
 
 REQUESTS = 12
 
@@ -51,8 +51,8 @@ async def board_live(
         },
         mock_failure_rate=1.0,
     )
-    server = await start_server(
-        settings, email=f"dashboard.{ops_shape.name}@example.com", run_turns=True
+    server = await start_live_server(
+        settings, email=f"dashboard.{ops_shape.name}@example.com", with_user=False
     )
     yield server
     await server.stop()

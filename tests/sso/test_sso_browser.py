@@ -4,12 +4,10 @@ error shown on the login view."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, expect
 
 from tests.api.live import LiveServer, start_live_server
 from tests.conftest import make_settings
@@ -17,8 +15,6 @@ from tests.sso.provider import CLIENT_ID, CLIENT_SECRET, FakeOidcProvider
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"]
 EMAIL = "grace@acme.test"
 CSP_RECORDER = """
 window.__csp = [];
@@ -49,32 +45,13 @@ async def app_server(
     await server.stop()
 
 
-@pytest.fixture(scope="module")
-def chromium_path() -> Path:
-    if not CHROMIUM.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} not found")
-        pytest.skip(f"{CHROMIUM} not found")
-    return CHROMIUM
-
-
-@pytest.fixture(scope="module")
-async def chromium(chromium_path: Path) -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=str(chromium_path), args=CHROMIUM_ARGS
-        )
-        yield browser
-        await browser.close()
-
-
 @pytest.fixture
 async def page(
-    chromium: Browser, app_server: LiveServer, remote_provider: FakeOidcProvider
+    browser: Browser, app_server: LiveServer, remote_provider: FakeOidcProvider
 ) -> AsyncIterator[Page]:
     remote_provider.reset()
     remote_provider.login_as = EMAIL
-    context = await chromium.new_context(base_url=app_server.base_url)
+    context = await browser.new_context(base_url=app_server.base_url)
     context.set_default_timeout(10_000)
     await context.add_init_script(CSP_RECORDER)
     opened = await context.new_page()
