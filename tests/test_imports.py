@@ -172,7 +172,8 @@ async def test_worker_hands_its_process_over_with_its_options(tmp_path: Path) ->
     )
 
     assert argv == ["-m", "chatplane.process", "worker"]
-    assert "concurrency=3" in output  # the option reached the process it became
+    # The option reached the process it became (its lines are JSON: not a terminal).
+    assert '"concurrency":3' in output
     assert "worker_draining" in output
 
 

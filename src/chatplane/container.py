@@ -100,8 +100,9 @@ async def build_services(
 ) -> Services:
     """Open every part. Turns run in this process in the embedded shape (no Redis).
 
-    `serve` migrates the embedded SQLite in a child process beforehand and passes
-    `migrate_embedded=False`, so Alembic never loads into the server (about 10 MB)."""
+    `serve` migrates the embedded SQLite before it hands its process over to the server
+    and passes `migrate_embedded=False`, so Alembic never loads into the server (about
+    10 MB)."""
     settings.signing_key  # noqa: B018 - made (and kept in the data dir) now, not on first login
     if settings.is_embedded_db and migrate_embedded:
         from chatplane.db import migrate

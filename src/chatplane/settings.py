@@ -38,7 +38,9 @@ class Settings(BaseSettings):
     encryption_key: SecretStr | None = None
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
-    log_json: bool = False
+    # JSON lines, or readable console lines; unset: console lines on a terminal, JSON
+    # otherwise (a file, a pipe, a container's log collector).
+    log_json: bool | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_content: bool = False
     access_log: bool = True  # one line per request: method, route, status, duration

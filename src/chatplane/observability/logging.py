@@ -29,6 +29,7 @@ def _json(event: Any, **_: Any) -> str:
 
 
 def configure_logging(settings: Settings) -> None:
+    as_json = settings.log_json if settings.log_json is not None else not sys.stderr.isatty()
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -37,7 +38,7 @@ def configure_logging(settings: Settings) -> None:
     ]
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer(serializer=_json)
-        if settings.log_json
+        if as_json
         else structlog.dev.ConsoleRenderer(
             colors=sys.stderr.isatty(),
             # Plain tracebacks: rich ones print local variables, which may hold secrets.
@@ -53,7 +54,7 @@ def configure_logging(settings: Settings) -> None:
         reporting.append(report_error_event)
     structlog.configure(
         processors=[*shared, *reporting, structlog.processors.format_exc_info, renderer]
-        if settings.log_json
+        if as_json
         else [*shared, *reporting, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[settings.log_level]

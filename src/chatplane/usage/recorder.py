@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import cast
 
 import structlog
-from sqlalchemy import Insert, insert
+from sqlalchemy import Insert, Table, insert
 
 from chatplane.db.base import new_id, utcnow
 from chatplane.db.engine import Database
@@ -35,16 +36,18 @@ REPLAY_INTERVAL_S = 30.0
 
 def _insert_skipping_stored_ids(dialect: str) -> Insert:
     """INSERT ... ON CONFLICT (id) DO NOTHING, so a batch sent twice is stored once. Each
-    dialect's module is imported only on its database (SQLite never loads Postgres's)."""
+    dialect's module is imported only on its database (SQLite never loads Postgres's). On
+    the table, not the mapped class: a Core executemany, without the ORM's bulk path."""
+    table = cast(Table, UsageRecord.__table__)
     if dialect == "postgresql":
         from sqlalchemy.dialects import postgresql
 
-        return postgresql.insert(UsageRecord).on_conflict_do_nothing(index_elements=["id"])
+        return postgresql.insert(table).on_conflict_do_nothing(index_elements=["id"])
     if dialect == "sqlite":
         from sqlalchemy.dialects import sqlite
 
-        return sqlite.insert(UsageRecord).on_conflict_do_nothing(index_elements=["id"])
-    return insert(UsageRecord)
+        return sqlite.insert(table).on_conflict_do_nothing(index_elements=["id"])
+    return insert(table)
 
 
 class UsageRecorder:
