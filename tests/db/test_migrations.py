@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -104,3 +106,34 @@ async def test_sqlite_moves_key_budgets(tmp_path: Path) -> None:
 async def test_postgres_moves_key_budgets() -> None:
     async with postgres_database(f"chatplane_budgets_{RUN_ID}_{uuid.uuid4().hex[:6]}") as url:
         await _key_budgets_move(url)
+
+
+UPGRADE_WITHOUT_ALEMBIC = """
+import asyncio, sys
+from chatplane.db import migrate
+asyncio.run(migrate.upgrade(sys.argv[1]))
+print("alembic" in sys.modules)
+"""
+
+
+async def test_an_embedded_database_at_head_is_checked_without_alembic(tmp_path: Path) -> None:
+    assert migrate.head_revision() == migrate.HEAD_REVISION
+    url = f"sqlite+aiosqlite:///{tmp_path / 'at-head.db'}"
+    await migrate.upgrade(url)
+
+    def alembic_loaded() -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", UPGRADE_WITHOUT_ALEMBIC, url],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
+        return done.stdout.strip()
+
+    assert await asyncio.to_thread(alembic_loaded) == "False"
+    # A database one revision behind is still upgraded (and loads Alembic for it).
+    await asyncio.to_thread(command.downgrade, migrate.alembic_config(url), "-1")
+    assert await migrate.current_revision(url) != migrate.HEAD_REVISION
+    assert await asyncio.to_thread(alembic_loaded) == "True"
+    assert await migrate.current_revision(url) == migrate.HEAD_REVISION
