@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Locator, Page, Route, expect
+from playwright.async_api import APIResponse, Locator, Page, Route, expect
 
 from .conftest import LiveServer, PageLog
 
@@ -548,4 +549,34 @@ async def test_model_picker_chooses_the_model(
     text = await answer_source(page)
     assert text
     assert text != "say anything"  # the filler model answered, not the echo
+    await assert_clean(page, log)
+
+
+async def test_a_chat_created_before_the_list_arrives_stays_in_the_list(
+    desktop: tuple[Page, PageLog], live_server: LiveServer
+) -> None:
+    """The list asked for at sign-in answers after a new chat was created (a slow network,
+    a busy server): the answer, older than the chat, must not drop it from the sidebar."""
+    page, log = desktop
+    held: list[tuple[Route, APIResponse]] = []
+    asked = asyncio.Event()
+
+    async def hold_the_first_list(route: Route) -> None:
+        held.append((route, await route.fetch()))  # the list as it is now, before the chat
+        asked.set()
+
+    await page.route("**/api/conversations?limit=*", hold_the_first_list, times=1)
+    await log_in(page, live_server)
+    async with asyncio.timeout(10):
+        await asked.wait()  # the sign-in asked for the list; it waits here
+    await page.click("#new-chat")
+    await page.wait_for_url(re.compile(r"#/c/"))
+    created = page.url.rsplit("/", 1)[1]
+    await expect(page.locator("#thread")).to_have_attribute("data-conversation-id", created)
+    route, stale = held[0]
+    await route.fulfill(response=stale)  # the list from before the chat arrives only now
+    await expect(page.locator(".conv-item").first).to_have_attribute("data-id", created)
+    await expect(page.locator(f'.conv-item.active[data-id="{created}"]')).to_be_visible()
+    await page.wait_for_timeout(200)  # nothing else replaces the list afterwards
+    await expect(page.locator(f'.conv-item.active[data-id="{created}"]')).to_be_visible()
     await assert_clean(page, log)

@@ -224,10 +224,12 @@ async function logout() {
 // ---------------------------------------------------------------- conversations
 
 async function loadConversations() {
+  sidebar.loadStarted();
   try {
     const page = await api.listConversations({ limit: PAGE_SIZE });
     sidebar.setPage(page.items || [], page.next_cursor);
   } catch (error) {
+    sidebar.loadFailed();
     toastError(error);
   }
 }

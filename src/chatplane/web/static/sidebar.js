@@ -22,12 +22,16 @@ export class Sidebar {
     this.activeId = null;
     this.editingId = null;
     this.editNode = null; // the row holding the rename field, kept across renders
+    // While the first page is being (re)loaded, the local changes made meanwhile: its
+    // answer predates them, so they are replayed onto it (null: no load on its way).
+    this.changes = null;
     this.list = $("conv-list");
     $("load-more").addEventListener("click", () => this.actions.onLoadMore());
   }
 
   reset() {
     this.items = [];
+    this.changes = null;
     this.nextCursor = null;
     this.activeId = null;
     this.editingId = null;
@@ -35,11 +39,26 @@ export class Sidebar {
     this.render();
   }
 
+  /** The first page is requested: record the changes made until its answer (`setPage`) or
+   * its failure (`loadFailed`), e.g. a chat created before the list came. */
+  loadStarted() {
+    this.changes = [];
+  }
+
+  loadFailed() {
+    this.changes = null;
+  }
+
   setPage(items, nextCursor, { append = false } = {}) {
     const known = new Set(append ? this.items.map((c) => c.id) : []);
     const fresh = items.filter((c) => !known.has(c.id));
-    this.items = append ? [...this.items, ...fresh] : items;
+    this.items = append ? [...this.items, ...fresh] : [...items];
     this.nextCursor = nextCursor || null;
+    if (!append && this.changes) {
+      const changes = this.changes;
+      this.changes = null;
+      for (const change of changes) change();
+    }
     this.render();
   }
 
@@ -49,16 +68,25 @@ export class Sidebar {
 
   /** Insert or update a conversation; `toTop` moves it first (it was just active). */
   upsert(conversation, { toTop = false } = {}) {
+    this.changes?.push(() => this.place(conversation, toTop));
+    this.place(conversation, toTop);
+    this.render();
+  }
+
+  place(conversation, toTop) {
     const index = this.items.findIndex((c) => c.id === conversation.id);
     const merged = { ...(index >= 0 ? this.items[index] : {}), ...conversation };
     if (index >= 0) this.items.splice(index, 1);
     if (toTop || index < 0) this.items.unshift(merged);
     else this.items.splice(index, 0, merged);
-    this.render();
   }
 
   remove(id) {
-    this.items = this.items.filter((c) => c.id !== id);
+    const drop = () => {
+      this.items = this.items.filter((c) => c.id !== id);
+    };
+    this.changes?.push(drop);
+    drop();
     this.render();
   }
 
