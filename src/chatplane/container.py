@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import structlog
@@ -41,6 +43,9 @@ from chatplane.usage.recorder import UsageRecorder
 
 log = structlog.get_logger("chatplane")
 
+# How long one part may take to stop at shutdown before it is left behind (logged).
+CLOSE_STEP_S = 10.0
+
 
 @dataclass
 class Services:
@@ -72,23 +77,38 @@ class Services:
     presence: Presence | None = None
 
     async def close(self, *, drain_s: float = 5.0) -> None:
+        """Stop every part, in order. Each stop is bounded (`CLOSE_STEP_S`, the worker's
+        drain on top): a part that does not stop in time is logged and left behind, so a
+        process always gets to exit on SIGTERM."""
+        steps: list[tuple[str, Callable[[], Awaitable[object]], float]] = []
         if self.worker is not None:
-            await self.worker.stop(deadline_s=drain_s)
+            worker = self.worker
+            steps.append(("worker", lambda: worker.stop(deadline_s=drain_s), drain_s))
         if self.presence is not None:
-            await self.presence.stop()
-        await self.endpoints.close()
-        await self.usage.close()
-        await self.response_cache.close()
-        await self.registry.close()
-        if self.embedder is not None:
-            await self.embedder.close()
-        await self.blobs.close()
-        await self.http.close()
-        await self.limits.close()
-        await self.cache.close()
-        await self.limit_stores.close()
-        await self.broker.close()
-        await self.db.close()
+            steps.append(("presence", self.presence.stop, 0.0))
+        steps += [
+            (name, close, 0.0)
+            for name, close in (
+                ("endpoints", self.endpoints.close),
+                ("usage", self.usage.close),
+                ("response_cache", self.response_cache.close),
+                ("registry", self.registry.close),
+                *([("embedder", self.embedder.close)] if self.embedder is not None else []),
+                ("blobs", self.blobs.close),
+                ("http", self.http.close),
+                ("limits", self.limits.close),
+                ("cache", self.cache.close),
+                ("limit_stores", self.limit_stores.close),
+                ("broker", self.broker.close),
+                ("db", self.db.close),
+            )
+        ]
+        for name, stop, extra_s in steps:
+            try:
+                async with asyncio.timeout(CLOSE_STEP_S + extra_s):
+                    await stop()
+            except TimeoutError:
+                log.error("close_step_timed_out", part=name, after_s=CLOSE_STEP_S + extra_s)
 
 
 async def build_services(
