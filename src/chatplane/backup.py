@@ -22,8 +22,6 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy.engine import make_url
-
 from chatplane import __version__
 from chatplane import backup_postgres as pg
 from chatplane.backup_archive import (
@@ -38,6 +36,7 @@ from chatplane.backup_archive import (
     write_archive,
 )
 from chatplane.db import migrate
+from chatplane.db.engine import sqlite_file
 from chatplane.settings import SECRET_KEY_FILE, Settings
 
 SQLITE_MEMBER = "database.sqlite3"
@@ -78,10 +77,10 @@ def shape_of(settings: Settings) -> str:
 
 
 def _sqlite_path(settings: Settings) -> Path:
-    database = make_url(settings.resolved_database_url).database
-    if not database or database == ":memory:":
+    path = sqlite_file(settings.resolved_database_url)
+    if path is None:
         raise BackupError("an in-memory SQLite database cannot be backed up")
-    return Path(database).resolve()
+    return path.resolve()
 
 
 def _source(settings: Settings) -> str:
@@ -167,12 +166,12 @@ def _sqlite_online_copy(database: Path, copy: Path) -> str:
 
 def _sqlite_revision(connection: sqlite3.Connection) -> str:
     try:
-        row = connection.execute("SELECT version_num FROM alembic_version").fetchone()
+        revision = migrate.recorded_revision(connection)
     except sqlite3.DatabaseError as exc:
         raise BackupError(f"the database has no chatplane schema ({exc})") from exc
-    if row is None:
+    if revision is None:
         raise BackupError("the database has no schema revision: run `chatplane db upgrade`")
-    return str(row[0])
+    return revision
 
 
 async def _stage_postgres(settings: Settings, staging: Path) -> tuple[dict[str, Path], str]:

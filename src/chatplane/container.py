@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 import structlog
@@ -80,35 +80,31 @@ class Services:
         """Stop every part, in order. Each stop is bounded (`CLOSE_STEP_S`, the worker's
         drain on top): a part that does not stop in time is logged and left behind, so a
         process always gets to exit on SIGTERM."""
-        steps: list[tuple[str, Callable[[], Awaitable[object]], float]] = []
         if self.worker is not None:
-            worker = self.worker
-            steps.append(("worker", lambda: worker.stop(deadline_s=drain_s), drain_s))
+            await _bounded("worker", self.worker.stop(deadline_s=drain_s), drain_s)
         if self.presence is not None:
-            steps.append(("presence", self.presence.stop, 0.0))
-        steps += [
-            (name, close, 0.0)
-            for name, close in (
-                ("endpoints", self.endpoints.close),
-                ("usage", self.usage.close),
-                ("response_cache", self.response_cache.close),
-                ("registry", self.registry.close),
-                *([("embedder", self.embedder.close)] if self.embedder is not None else []),
-                ("blobs", self.blobs.close),
-                ("http", self.http.close),
-                ("limits", self.limits.close),
-                ("cache", self.cache.close),
-                ("limit_stores", self.limit_stores.close),
-                ("broker", self.broker.close),
-                ("db", self.db.close),
-            )
-        ]
-        for name, stop, extra_s in steps:
-            try:
-                async with asyncio.timeout(CLOSE_STEP_S + extra_s):
-                    await stop()
-            except TimeoutError:
-                log.error("close_step_timed_out", part=name, after_s=CLOSE_STEP_S + extra_s)
+            await _bounded("presence", self.presence.stop())
+        await _bounded("endpoints", self.endpoints.close())
+        await _bounded("usage", self.usage.close())
+        await _bounded("response_cache", self.response_cache.close())
+        await _bounded("registry", self.registry.close())
+        if self.embedder is not None:
+            await _bounded("embedder", self.embedder.close())
+        await _bounded("blobs", self.blobs.close())
+        await _bounded("http", self.http.close())
+        await _bounded("limits", self.limits.close())
+        await _bounded("cache", self.cache.close())
+        await _bounded("limit_stores", self.limit_stores.close())
+        await _bounded("broker", self.broker.close())
+        await _bounded("db", self.db.close())
+
+
+async def _bounded(part: str, stop: Awaitable[object], extra_s: float = 0.0) -> None:
+    try:
+        async with asyncio.timeout(CLOSE_STEP_S + extra_s):
+            await stop
+    except TimeoutError:
+        log.error("close_step_timed_out", part=part, after_s=CLOSE_STEP_S + extra_s)
 
 
 async def build_services(

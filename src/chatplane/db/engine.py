@@ -29,11 +29,19 @@ RETRY_AFTER_S = 3
 PING_TIMEOUT_S = 2.0
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The file an SQLite URL names; None for another database or an in-memory one."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
 def ensure_sqlite_dir(url: str) -> None:
     """SQLite creates the file but not its folder."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    path = sqlite_file(url)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
 
 
 def create_engine(settings: Settings, url: str | None = None) -> AsyncEngine:

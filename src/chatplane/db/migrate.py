@@ -9,9 +9,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy.engine import make_url
-
-from chatplane.db.engine import ensure_sqlite_dir
+from chatplane.db.engine import ensure_sqlite_dir, sqlite_file
 from chatplane.knowledge.models import is_lexical_index
 
 if TYPE_CHECKING:
@@ -52,21 +50,24 @@ async def upgrade(database_url: str, revision: str = "head") -> None:
     await asyncio.to_thread(command.upgrade, alembic_config(database_url), revision)
 
 
+def recorded_revision(connection: sqlite3.Connection) -> str | None:
+    """The revision an SQLite database records (None: none yet); raises
+    `sqlite3.DatabaseError` when it has no Alembic table at all."""
+    row = connection.execute("SELECT version_num FROM alembic_version").fetchone()
+    return str(row[0]) if row else None
+
+
 def _sqlite_revision(database_url: str) -> str | None:
     """The revision an SQLite database file records, read-only; None for another database,
     a file not there yet, or one without Alembic's table."""
-    parsed = make_url(database_url)
-    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
-        return None
-    path = Path(parsed.database)
-    if not path.is_file():
+    path = sqlite_file(database_url)
+    if path is None or not path.is_file():
         return None
     try:
         with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
-            row = db.execute("SELECT version_num FROM alembic_version").fetchone()
+            return recorded_revision(db)
     except sqlite3.Error:
         return None
-    return str(row[0]) if row else None
 
 
 async def current_revision(database_url: str) -> str | None:

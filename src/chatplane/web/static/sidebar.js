@@ -82,12 +82,13 @@ export class Sidebar {
   }
 
   remove(id) {
-    const drop = () => {
-      this.items = this.items.filter((c) => c.id !== id);
-    };
-    this.changes?.push(drop);
-    drop();
+    this.changes?.push(() => this.drop(id));
+    this.drop(id);
     this.render();
+  }
+
+  drop(id) {
+    this.items = this.items.filter((c) => c.id !== id);
   }
 
   setActive(id) {
