@@ -16,6 +16,7 @@ from typing import IO
 
 import aiohttp
 
+from bench import cpus
 from bench.loadgen import LOOPBACK_HOST
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -78,9 +79,16 @@ class ManagedProcess:
     """One child process, its output in a log file."""
 
     def __init__(
-        self, name: str, argv: Sequence[str], *, env: Mapping[str, str], cwd: Path
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str],
+        cwd: Path,
+        under_test: bool = True,
     ) -> None:
         self.name = name
+        self.under_test = under_test  # runs on the servers' CPUs while pinned (`bench.cpus`)
         self.argv = list(argv)
         self.env = dict(env)
         self.cwd = cwd
@@ -95,9 +103,12 @@ class ManagedProcess:
         return self._process.pid
 
     async def start(self) -> None:
+        """Start it (a process under test on the servers' CPUs while a `cpus.pinned` plan
+        is applied)."""
         self._log = self.log_path.open("wb")
+        argv = cpus.child_argv(self.argv) if self.under_test else self.argv
         self._process = await asyncio.create_subprocess_exec(
-            *self.argv,
+            *argv,
             env=self.env,
             cwd=self.cwd,
             stdin=asyncio.subprocess.DEVNULL,
@@ -133,10 +144,32 @@ class ManagedProcess:
     def memory_kib(self, field: str = "VmRSS") -> int:
         return memory_kib(self.pid, field)
 
+    def log_size(self) -> int:
+        """Bytes of output so far (where the next line will start)."""
+        try:
+            return self.log_path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def log_lines(self, start: int = 0) -> list[bytes]:
+        """The output's whole lines from byte `start` on."""
+        with self.log_path.open("rb") as log:
+            log.seek(start)
+            return log.read().splitlines()
+
     def log_tail(self) -> str:
         with contextlib.suppress(OSError):
             return self.log_path.read_text(errors="replace")[-LOG_TAIL_CHARS:]
         return ""
+
+    async def wait(self, *, timeout_s: float) -> int | None:
+        """Wait for it to exit by itself (stopped by its PID after `timeout_s`); its exit
+        status."""
+        if self._process is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout_s):
+                    await self._process.wait()
+        return await self.stop()
 
     async def stop(
         self, *, timeout_s: float = 15.0, sig: signal.Signals = signal.SIGTERM

@@ -57,7 +57,11 @@ class Profiler:
         argv = [executable, "record", "--pid", str(self.target.pid), "--format", "raw"]
         argv += ["--rate", str(SAMPLE_RATE_HZ), "--nonblocking", "-o", str(self.output)]
         self._recorder = ManagedProcess(
-            f"py-spy-{self.label}", argv, env=dict(os.environ), cwd=self.directory
+            f"py-spy-{self.label}",
+            argv,
+            env=dict(os.environ),
+            cwd=self.directory,
+            under_test=False,
         )
         await self._recorder.start()
         await asyncio.sleep(0.5)  # attached before the phase starts

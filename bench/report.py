@@ -291,6 +291,12 @@ def notes(results: Mapping[str, Mapping[str, Any]]) -> str:
                 f"{scenario}: ttft over the mock's own TTFT p50 {over['p50']:+.2f} ms, "
                 f"p99 {over['p99']:+.2f} ms"
             )
+        if "server_ttft_overhead_ms" in result:
+            own = result["server_ttft_overhead_ms"]
+            lines.append(
+                f"{scenario}: the server's own view (request in to first byte out, from its "
+                f"access log): p50 {own['p50']:+.2f} ms, p99 {own['p99']:+.2f} ms over the mock"
+            )
         if "over_floor" in result:
             floor = result["over_floor"]
             lines.append(

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from bench import cpus
 from bench.cache import CACHE, run_cache
 from bench.report import (
     machine_info,
@@ -51,19 +52,27 @@ async def run_bench(
     echo: Callable[[str], None] = print,
 ) -> dict[str, dict[str, Any]]:
     """Run one scenario, `all` or a group (`shapes`); returns each scenario's result
-    document (also written to `results_dir/<scenario>-<timestamp>.json`)."""
+    document (also written to `results_dir/<scenario>-<timestamp>.json`), with the CPU
+    pinning the caller applied (`cpus.pinned`), if any."""
     scenarios = SCENARIOS if scenario == "all" else GROUPS.get(scenario, (scenario,))
     if any(name not in SCENARIO_RUNNERS for name in scenarios):
         choices = ", ".join(("all", *GROUPS, *SCENARIO_NAMES))
         raise ValueError(f"unknown scenario {scenario!r}; one of {choices}")
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     machine = machine_info()
+    cpu_plan = cpus.applied()
+    machine["pinning"] = cpu_plan.as_json() if cpu_plan is not None else None
     revision = source_revision()
     results: dict[str, dict[str, Any]] = {}
     paths: list[Path] = []
     with tempfile.TemporaryDirectory(prefix="chatplane-bench-") as scratch:
         rundir = (workdir / f"run-{stamp}") if workdir else Path(scratch)
         rundir.mkdir(parents=True, exist_ok=True)
+        if cpu_plan is not None:
+            echo(
+                f"pinned: the load generator on CPU {_cpu_list(cpu_plan.load_generator)}, "
+                f"the servers on CPU {_cpu_list(cpu_plan.servers)}"
+            )
         async with bench_environment(options, scenarios, rundir) as env:
             server: dict[str, Any] | None = None
             if env.server_or_none is not None and env.startup is not None:
@@ -96,6 +105,10 @@ async def run_bench(
     echo(notes(results))
     echo(server_lines(server, paths, results))
     return results
+
+
+def _cpu_list(cpus: tuple[int, ...]) -> str:
+    return ",".join(str(cpu) for cpu in cpus)
 
 
 def failed(results: dict[str, dict[str, Any]]) -> bool:
@@ -159,6 +172,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=float,
         default=defaults.idle_window_s,
         help="sse-idle: seconds of idle server CPU measured with every stream open",
+    )
+    parser.add_argument(
+        "--cpus",
+        choices=cpus.MODES,
+        default=cpus.AUTO,
+        help="auto: the load generator on the first CPU, the servers on the others; off: none",
     )
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument(
@@ -227,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.workdir is not None:
         args.workdir.mkdir(parents=True, exist_ok=True)
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+    with cpus.pinned(cpus.plan(args.cpus)), asyncio.Runner(loop_factory=_loop_factory()) as runner:
         results = runner.run(
             run_bench(
                 args.scenario,

@@ -47,7 +47,7 @@ from bench.profile import Profiler
 from bench.scaled import scaled_shape
 from bench.server import IDLE_SETTLE_S, ChatplaneServer, ServerConfig, StartupStats
 from bench.sse_idle import measure_idle_streams
-from bench.stats import per_request_ms, raw_samples, summarize
+from bench.stats import per_request_ms, raw_samples, server_first_bytes, summarize
 from bench.upstream import UPSTREAM_MODEL, start_upstream, upstream_url
 
 V1_MOCK = "v1-mock"
@@ -63,6 +63,7 @@ EMBEDDED_SCENARIOS = SCENARIOS
 GROUPS: dict[str, tuple[str, ...]] = {"shapes": (NATIVE, NATIVE_SCALED)}
 ALL_SCENARIOS = (*SCENARIOS, NATIVE_SCALED, SSE_IDLE, LIMITS, OBSERVABILITY, KNOWLEDGE)
 MOCK_MODEL = "mock"
+V1_ROUTE = "/v1/chat/completions"
 FLOOR_RUN = "bare-asgi"
 KIB_PER_MB = 1024
 # A run is saturated when every CPU of the machine, or one server process's single core,
@@ -175,11 +176,15 @@ async def measure(
     measured part. With a profile directory, py-spy records the whole run."""
     before: dict[str, float] = {}
     system_before = system_cpu()
+    server = processes.get("chatplane")
+    log_from = 0
 
     def snapshot() -> None:
-        nonlocal system_before
+        nonlocal system_before, log_from
         before.update({key: process.cpu_seconds() for key, process in processes.items()})
         system_before = system_cpu()
+        if server is not None:
+            log_from = server.log_size()
 
     profiler = Profiler(options.profile_dir, f"{scenario}-{name}", processes.get("chatplane"))
     async with client_session(options.concurrency) as session, profiler:
@@ -212,8 +217,10 @@ async def measure(
         elapsed_s=result.elapsed_s,
     )
     summary["saturation"] = saturation(summary["cpu_utilization"], summary["machine_cpu"])
-    if "chatplane" in processes:
-        server = processes["chatplane"]
+    if server is not None:
+        first_bytes = server_first_bytes(server.log_lines(log_from), V1_ROUTE)
+        if first_bytes is not None:
+            summary["server_first_byte_ms"] = first_bytes
         summary["chatplane_rss_mb"] = round(server.memory_kib("VmRSS") / KIB_PER_MB, 1)
         summary["chatplane_peak_rss_mb"] = round(server.memory_kib("VmHWM") / KIB_PER_MB, 1)
     if profiler.summary is not None:
@@ -298,6 +305,10 @@ async def run_v1_mock(env: BenchEnvironment, options: BenchOptions) -> dict[str,
         "runs": {"chatplane": run},
         "ttft_overhead_ms": _ttft_overhead(run, options.ttft_ms),
     }
+    if "server_first_byte_ms" in run:  # the same, as the server itself saw it
+        result["server_ttft_overhead_ms"] = {
+            p: round(run["server_first_byte_ms"][p] - options.ttft_ms, 3) for p in ("p50", "p99")
+        }
     if options.floor:
         floor = await _measure_floor(env, options)
         result["runs"][FLOOR_RUN] = floor

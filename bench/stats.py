@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+
+import orjson
 
 from bench.loadgen import LoadResult
 
@@ -52,6 +54,23 @@ def summarize(result: LoadResult) -> dict[str, Any]:
     if setups:
         summary["setup_ms"] = distribution_ms(setups)
     return summary
+
+
+def server_first_bytes(log_lines: Iterable[bytes], route: str) -> dict[str, Any] | None:
+    """The server's own view of `route`'s first token: `first_byte_ms` of its JSON access
+    lines (from the request reaching the app to the first body byte handed to the ASGI
+    server; `HttpMiddleware`), as a distribution; None when no line has it."""
+    needle = b'"route":' + orjson.dumps(route)
+    values: list[float] = []
+    for line in log_lines:
+        if needle not in line or not line.startswith(b"{"):
+            continue
+        record = orjson.loads(line)
+        if record.get("event") == "request" and record.get("first_byte_ms") is not None:
+            values.append(record["first_byte_ms"] / 1000)
+    if not values:
+        return None
+    return {"lines": len(values), **distribution_ms(values)}
 
 
 def raw_samples(result: LoadResult) -> list[list[Any]]:

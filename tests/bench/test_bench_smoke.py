@@ -20,7 +20,9 @@ from bench.observability import DIRECT_REQUESTS_FACTOR, MODES, SHAPES, VARIANTS
 from bench.run import run_bench
 from bench.scaled import PG_ADMIN_DSN, REDIS_URL, redis_reachable, services_reachable
 from bench.scenarios import SCENARIOS, BenchOptions
-from bench.stats import percentile
+from bench.stats import percentile, server_first_bytes
+
+from bench import cpus
 
 RUN_KEYS = {
     "requests",
@@ -51,8 +53,10 @@ async def test_every_scenario_runs_without_errors(tmp_path: Path) -> None:
         idle_settle_s=0.1,
     )
     lines: list[str] = []
+    plan = cpus.plan("auto")  # as `python -m bench.run` runs it (None on one CPU)
 
-    results = await run_bench("all", options, results_dir=tmp_path, echo=lines.append)
+    with cpus.pinned(plan):
+        results = await run_bench("all", options, results_dir=tmp_path, echo=lines.append)
 
     assert set(results) == set(SCENARIOS)
     for scenario, document in results.items():
@@ -70,6 +74,14 @@ async def test_every_scenario_runs_without_errors(tmp_path: Path) -> None:
     # CPU comes from /proc in clock ticks (10 ms): ten tiny requests may well read 0.
     assert results["v1-passthrough"]["runs"]["through"]["cpu_ms_per_request"]["chatplane"] >= 0
     assert any(line.lstrip().startswith("v1-mock") for line in lines)
+    # The server's own first byte, from the access lines of the measured phase (the
+    # warm-up's last requests may end in it).
+    v1_mock = results["v1-mock"]
+    own = v1_mock["runs"]["chatplane"]["server_first_byte_ms"]
+    assert options.requests <= own["lines"] <= options.requests + options.concurrency
+    assert 0 <= own["p50"] <= own["p99"] <= own["max"]
+    assert set(v1_mock["server_ttft_overhead_ms"]) == {"p50", "p99"}
+    assert v1_mock["machine"]["pinning"] == (plan.as_json() if plan else None)
 
 
 TINY = BenchOptions(
@@ -304,3 +316,21 @@ def test_percentile_is_nearest_rank() -> None:
     assert percentile(values, 50) == 50.0
     assert percentile(values, 99) == 99.0
     assert percentile([], 99) == 0.0
+
+
+def test_server_first_bytes_reads_the_routes_access_lines() -> None:
+    route = '"route":"/v1/chat/completions"'
+    lines = [
+        b"INFO: not a JSON line",
+        ('{"event":"request",' + route + ',"first_byte_ms":20.5}').encode(),
+        ('{"event":"request",' + route + ',"first_byte_ms":30.0}').encode(),
+        ('{"event":"request",' + route + ',"first_byte_ms":null}').encode(),  # no body
+        b'{"event":"request","route":"/v1/models","first_byte_ms":1.0}',
+        ('{"event":"gateway_stream_failed",' + route + "}").encode(),
+    ]
+
+    found = server_first_bytes(lines, "/v1/chat/completions")
+
+    assert found is not None
+    assert (found["lines"], found["p50"], found["p99"], found["max"]) == (2, 20.5, 30.0, 30.0)
+    assert server_first_bytes(lines[:1], "/v1/chat/completions") is None

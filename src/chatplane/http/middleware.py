@@ -43,7 +43,9 @@ class HttpMiddleware:
     """Gives every request an id (from `X-Request-ID` or new), echoes it, binds it to logs,
     takes the client address and scheme from trusted proxies, refuses bodies over the limit
     with 413, adds security headers (HSTS on https), and records the request's metrics
-    (counted and timed to the response's last byte, streams included)."""
+    (counted and timed to the response's last byte, streams included). The access line
+    also has the time to the response's first body byte (`first_byte_ms`): a stream's
+    first token."""
 
     def __init__(
         self,
@@ -81,12 +83,13 @@ class HttpMiddleware:
         declared = _content_length(scope)
         if declared is not None and declared > limit:
             await self._too_large(path, send, request_id, limit)
-            self._done(scope, 413, began)
+            self._done(scope, 413, began, None)
             return
 
         received = 0
         started = False
         status = 500  # unless a response starts: the app raised
+        first_byte: float | None = None
 
         async def limited_receive() -> Message:
             nonlocal received
@@ -101,7 +104,7 @@ class HttpMiddleware:
         https = scope.get("scheme") == "https"
 
         async def send_with_headers(message: Message) -> None:
-            nonlocal started, status
+            nonlocal started, status, first_byte
             if message["type"] == "http.response.start":
                 started = True
                 status = message["status"]
@@ -113,6 +116,8 @@ class HttpMiddleware:
                 if https:
                     headers.append(HSTS)
                 message["headers"] = headers
+            elif first_byte is None and message.get("body"):
+                first_byte = perf_counter()
             await send(message)
 
         try:
@@ -130,9 +135,9 @@ class HttpMiddleware:
                     await internal_error_response(path)(scope, _no_receive, send_with_headers)
             raise
         finally:
-            self._done(scope, status, began)
+            self._done(scope, status, began, first_byte)
 
-    def _done(self, scope: Scope, status: int, began: float) -> None:
+    def _done(self, scope: Scope, status: int, began: float, first_byte: float | None) -> None:
         """Metrics and the access log line of a finished request. The line is in the same
         format as every other: the request id, and the tenant and user once the request was
         authenticated, come from the context."""
@@ -148,6 +153,7 @@ class HttpMiddleware:
             route=route,
             status=status,
             duration_ms=round(seconds * 1000, 2),
+            first_byte_ms=None if first_byte is None else round((first_byte - began) * 1000, 2),
             client=client[0] if client else None,
         )
 
