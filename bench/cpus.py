@@ -11,8 +11,9 @@ others. `off` lets the scheduler place everything, as before.
 A child is pinned before it runs anything: it starts as `python bench/cpus.py CPUS --
 ARGV...` (this file, run as a script: it imports nothing of the bench), which sets its own
 affinity and `exec`s the real command (same PID, so its CPU time and memory are read as
-before). Postgres, Redis and the CLI commands the bench runs for setup are not pinned;
-py-spy (`--profile`) runs beside the load generator.
+before). The fake upstream stands for the model vendor, outside the system under test, and
+runs beside the load generator, as py-spy (`--profile`) does; Postgres, Redis and the CLI
+commands the bench runs for setup are not pinned.
 """
 
 from __future__ import annotations

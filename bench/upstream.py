@@ -107,10 +107,13 @@ def upstream_url(port: int) -> str:
 async def start_upstream(
     workdir: Path, *, port: int, chunks: int, ttft_ms: float, chunk_delay_ms: float
 ) -> ManagedProcess:
-    """Start the fake upstream as a child process on `port`, wait until it answers."""
+    """Start the fake upstream as a child process on `port`, wait until it answers. It
+    stands for the model vendor, outside the system under test: when the bench pins CPUs
+    it runs beside the load generator."""
     argv = [sys.executable, "-m", "bench.upstream", "--port", str(port), "--chunks", str(chunks)]
     argv += ["--ttft-ms", str(ttft_ms), "--chunk-delay-ms", str(chunk_delay_ms)]
-    process = ManagedProcess("upstream", argv, env=child_env({}), cwd=workdir)
+    env = child_env({})
+    process = ManagedProcess("upstream", argv, env=env, cwd=workdir, under_test=False)
     await process.start()
     try:
         await process.wait_ready(upstream_url(port) + "/models", deadline_s=READY_DEADLINE_S)

@@ -56,7 +56,7 @@ async def test_children_start_on_the_servers_cpus_and_pinning_is_undone(tmp_path
         beside = await _affinity_of_child(tmp_path, under_test=False)
 
     assert pinned_child == str(list(plan.servers))
-    assert beside == str(list(plan.load_generator))  # py-spy: inherits the load generator's
+    assert beside == str(list(plan.load_generator))  # the upstream, py-spy
     assert unpinned == str(USABLE)
     assert cpus.applied() is None
     assert sorted(os.sched_getaffinity(0)) == USABLE
