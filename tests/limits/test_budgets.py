@@ -6,13 +6,14 @@ import asyncio
 import uuid
 
 import pytest
+import redis.asyncio as aioredis
 
 from chatplane.errors import ServiceUnavailable
 from chatplane.limits.memory import MemoryBudgetLedger
 from chatplane.limits.protocol import BudgetRule, BudgetState
 from chatplane.limits.redis_stores import redis_limit_stores
 from chatplane.limits.stores import LimitStores
-from tests.broker.support import eventually
+from tests.broker.support import REDIS_URL, eventually
 
 from .conftest import FakeClock, StoresFactory
 
@@ -120,6 +121,33 @@ async def test_an_expired_reservation_stops_counting(stores: LimitStores) -> Non
     assert not await stores.budgets.settle("t1", late, 300, [rule.key])  # expired: not live
     assert await stores.budgets.state("t1", rule.key) == BudgetState(rule.key, 300, 0)
     assert (await stores.budgets.reserve("t1", rid(), 700, [rule], ttl_s=TTL_S)).ok
+
+
+async def test_a_record_that_outlives_its_hold_is_not_settled_as_live(
+    make_replicas: StoresFactory,
+) -> None:
+    """Redis expires a key just after its time and the budget drops a hold at it: for that
+    millisecond a reservation's record is there while its hold is gone. Settling it then
+    releases nothing and says so (the record is kept here past its time to look at that
+    millisecond)."""
+    stores = make_replicas()
+    rule, late = budget(1000), rid()
+    await stores.budgets.seed("t1", rule.key, 0, ttl_s=None)
+    assert (await stores.budgets.reserve("t1", late, 800, [rule], ttl_s=0.2)).ok
+    client = aioredis.from_url(REDIS_URL)
+    try:
+        [record] = [key async for key in client.scan_iter(match=f"*:reservation:{late}")]
+        assert await client.persist(record)
+
+        async def released() -> bool:
+            return await stores.budgets.state("t1", rule.key) == BudgetState(rule.key, 0, 0)
+
+        await eventually(released, timeout_s=10)
+        assert await client.exists(record)
+        assert not await stores.budgets.settle("t1", late, 300, [rule.key])
+    finally:
+        await client.aclose()
+    assert await stores.budgets.state("t1", rule.key) == BudgetState(rule.key, 300, 0)
 
 
 async def test_a_seeded_counter_expires_with_its_ttl(stores: LimitStores) -> None:

@@ -200,17 +200,20 @@ local function budgets_commit(check, record, id, amount, ttl, now_ms)
   redis.call('SET', record, cjson.encode(keys), 'PX', int(ttl))
 end
 -- Release the reservation and add `actual` to each existing counter of spent_keys, once.
--- 1 when a live reservation was released, 0 when none was, -1 when settled before.
+-- 1 when a live reservation was released, 0 when none was, -1 when settled before. Live
+-- means still held in a budget: the record's own TTL can outlast the hold by a
+-- millisecond (Redis expires a key after its time, `drop_expired` at it), and a hold
+-- already dropped as expired counts as expired.
 local function settle(record, id, actual, spent_keys, remember_ms)
   local state = redis.call('GET', record)
   if state == 'settled' then return -1 end
   local released = 0
   if state then
-    released = 1
     for _, b in ipairs(cjson.decode(state)) do
       local held, amounts = b .. ':held', b .. ':amounts'
       local amount = redis.call('HGET', amounts, 'r:' .. id)
       if amount then
+        released = 1
         redis.call('HDEL', amounts, 'r:' .. id)
         redis.call('ZREM', held, id)
         if redis.call('ZCARD', held) == 0 then
