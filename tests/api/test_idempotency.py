@@ -226,6 +226,46 @@ async def test_a_websocket_send_repeated_with_its_key_is_stored_once(live: LiveS
     assert await stored(live, conversation_id) == (["user", "assistant"], 1)
 
 
+async def test_a_send_repeated_on_its_own_connection_does_not_repeat_the_events(
+    live: LiveServer,
+) -> None:
+    """The connection that follows a turn already gets `accepted` again for a replayed send,
+    and every event of the turn still once, in order (mid-answer and after the end)."""
+    key = new_key()
+    async with live.client() as http:
+        conversation_id = await new_conversation(http)
+        async with channel(live.base_url, live.api_key) as ws:
+            command = {
+                "type": "send",
+                "conversation_id": conversation_id,
+                "content": "once over the socket",
+                "idempotency_key": key,
+            }
+            await send(ws, **command)
+            received: list[dict[str, Any]] = []
+            accepted = 0
+            while not any(e["event"] == "turn.completed" for e in received):
+                message = await receive(ws)
+                if message["type"] == "accepted":
+                    accepted += 1
+                    if accepted == 1:
+                        await send(ws, **command)  # while its events are on their way
+                    continue
+                assert message["type"] == "event", message
+                received.append(message)
+            await send(ws, **command)  # after the end: no events again either
+            assert (await receive(ws))["type"] == "accepted"
+            await send(ws, type="subscribe", turn_id="missing")  # a marker: the next message
+            marker = await receive(ws)
+    assert accepted == 2
+    assert marker["type"] == "error"
+    assert marker["code"] == "turn_not_found"
+    ids = [event["id"] for event in received]
+    assert len(ids) == len(set(ids))
+    text = "".join(e["data"]["text"] for e in received if e["event"] == "message.delta")
+    assert text == "once over the socket"
+
+
 async def first_of(ws: Any, kind: str) -> dict[str, Any]:
     """The next message of this type, past the events of turns the channel follows."""
     while True:

@@ -16,6 +16,7 @@ import contextlib
 import re
 import secrets
 import time
+from collections import OrderedDict
 from typing import Any, Literal
 
 import orjson
@@ -42,6 +43,7 @@ log = structlog.get_logger("chatplane.ws")
 CLOSE_POLICY = 1008  # too many messages
 CLOSE_TOO_BIG = 1009  # a message over the size limit
 CLOSE_RESTART = 1012  # this server drains: reconnect (elsewhere) and resubscribe with `after`
+MAX_FOLLOWED = 1000  # turns a connection remembers following (replayed sends)
 
 _GONE = (WebSocketDisconnect, WebSocketDisconnected, OSError)
 _REQUEST_ID = re.compile(r"[\x20-\x7e]{1,128}")
@@ -166,6 +168,10 @@ class Channel:
         self.wake_s = settings.sse_keepalive_s
         self.rate = MessageRate(settings.ws_message_rate_per_s, settings.ws_message_burst)
         self.readers: dict[str, asyncio.Task[None]] = {}
+        # The turns whose events this connection follows or followed to their end (oldest
+        # first, bounded): a `send` replayed by its idempotency key answers `accepted`
+        # again without sending those events a second time.
+        self.followed: OrderedDict[str, None] = OrderedDict()
         self.posting: asyncio.Task[str | None] | None = None
 
     async def serve(self) -> None:
@@ -246,6 +252,7 @@ class Channel:
                     await self._subscribe(command)
                 elif isinstance(command, Unsubscribe):
                     self._unsubscribe(command.turn_id)
+                    self.followed.pop(command.turn_id, None)
                 else:
                     await self.services.chat.cancel_turn(await self._authorize(), command.turn_id)
         except ChatplaneError as exc:
@@ -312,7 +319,7 @@ class Channel:
         self.posting = posting = asyncio.create_task(post())
         turn_id = await asyncio.shield(posting)
         self.posting = None
-        if turn_id is not None:
+        if turn_id is not None and turn_id not in self.followed:  # else: a replay
             self._follow(principal, turn_id, None, [], ended_long_ago=False)
 
     def _room_for(self, turn_id: str | None) -> None:
@@ -339,6 +346,10 @@ class Channel:
             self._read(principal, turn_id, after, events, first_wait_s), name=f"ws-{turn_id}"
         )
         self.readers[turn_id] = reader
+        self.followed[turn_id] = None
+        self.followed.move_to_end(turn_id)
+        if len(self.followed) > MAX_FOLLOWED:
+            self.followed.popitem(last=False)
         ws_subscribed(1)
 
         def done(task: asyncio.Task[None]) -> None:
