@@ -76,12 +76,16 @@ def pinned(cpu_plan: CpuPlan | None) -> Iterator[None]:
         os.sched_setaffinity(0, before)
 
 
+def cpu_list(cpus: Sequence[int]) -> str:
+    """CPUs as `taskset` and this file's command line write them: `1,2`."""
+    return ",".join(str(cpu) for cpu in cpus)
+
+
 def child_argv(argv: Sequence[str]) -> list[str]:
     """`argv`, started on the servers' CPUs when a plan is applied."""
     if _applied is None:
         return list(argv)
-    cpus = ",".join(str(cpu) for cpu in _applied.servers)
-    return [sys.executable, __file__, cpus, "--", *argv]
+    return [sys.executable, __file__, cpu_list(_applied.servers), "--", *argv]
 
 
 def main(argv: Sequence[str]) -> None:

@@ -70,8 +70,8 @@ async def run_bench(
         rundir.mkdir(parents=True, exist_ok=True)
         if cpu_plan is not None:
             echo(
-                f"pinned: the load generator on CPU {_cpu_list(cpu_plan.load_generator)}, "
-                f"the servers on CPU {_cpu_list(cpu_plan.servers)}"
+                f"pinned: the load generator on CPU {cpus.cpu_list(cpu_plan.load_generator)}, "
+                f"the servers on CPU {cpus.cpu_list(cpu_plan.servers)}"
             )
         async with bench_environment(options, scenarios, rundir) as env:
             server: dict[str, Any] | None = None
@@ -105,10 +105,6 @@ async def run_bench(
     echo(notes(results))
     echo(server_lines(server, paths, results))
     return results
-
-
-def _cpu_list(cpus: tuple[int, ...]) -> str:
-    return ",".join(str(cpu) for cpu in cpus)
 
 
 def failed(results: dict[str, dict[str, Any]]) -> bool:

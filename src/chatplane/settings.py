@@ -43,7 +43,7 @@ class Settings(BaseSettings):
     log_json: bool | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_content: bool = False
-    access_log: bool = True  # one line per request: method, route, status, duration
+    access_log: bool = True  # one line per request: method, route, status, durations
     # Error reports to a Sentry-compatible service (the `sentry` extra); off when unset.
     sentry_dsn: str | None = None
     sentry_environment: str | None = None  # default: `production`
