@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import stat
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from chatplane.usage.journal import (
     RedisUsageJournal,
     UsageJournal,
     create_usage_journal,
+    dump_batch,
 )
 from chatplane.usage.models import UsageRecord
 from chatplane.usage.recorder import MAX_BATCH, UsageRecorder
@@ -139,6 +141,45 @@ async def test_a_replay_after_a_partly_stored_batch_counts_each_record_once(
     assert not any(directory.iterdir())
     await dead.done(claimed)  # the late finish of the dead claim changes nothing
     assert await UsageRecorder(database, FileUsageJournal(directory)).replay() == 0
+
+
+async def test_a_batch_journaled_before_a_column_existed_is_stored_with_its_default(
+    database: Database, tmp_path: Path
+) -> None:
+    """A journal written by an older version (its rows have no `cached`, no `source`) is
+    replayed with the columns' defaults; every value it has is stored as it was."""
+    directory = tmp_path / "usage-journal"
+    tenant_id, record_id = new_id(), new_id()
+    created_at = datetime(2026, 11, 2, 9, 30, 15, 123456, tzinfo=UTC)
+    old_row = {
+        "id": record_id,
+        "created_at": created_at.isoformat(),
+        "tenant_id": tenant_id,
+        "user_id": "u" * 32,
+        "api_key_id": None,
+        "turn_id": None,
+        "model": "gpt-4o-mini",
+        "prompt_tokens": 12,
+        "completion_tokens": 34,
+        "cost_usd": 0.00012345,
+    }
+    directory.mkdir()
+    directory.joinpath("pending-1-old.json").write_bytes(dump_batch([old_row]))
+
+    assert await UsageRecorder(database, FileUsageJournal(directory)).replay() == 1
+    async with database.session() as session:
+        record = await session.get(UsageRecord, record_id)
+    assert record is not None
+    assert (record.tenant_id, record.user_id, record.api_key_id, record.turn_id) == (
+        tenant_id,
+        "u" * 32,
+        None,
+        None,
+    )
+    assert (record.model, record.prompt_tokens, record.completion_tokens) == ("gpt-4o-mini", 12, 34)
+    assert record.cost_usd == pytest.approx(0.00012345)
+    assert record.created_at == created_at
+    assert (record.source, record.cached) == ("gateway", False)
 
 
 async def test_a_replay_while_the_database_is_down_keeps_the_journal(

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import cast
+from collections.abc import Callable
+from typing import Any, cast
 
 import structlog
-from sqlalchemy import Insert, Table, insert
+from sqlalchemy import Dialect, Insert, Table, insert
 
 from chatplane.db.base import new_id, utcnow
 from chatplane.db.engine import Database
@@ -36,8 +37,7 @@ REPLAY_INTERVAL_S = 30.0
 
 def _insert_skipping_stored_ids(dialect: str) -> Insert:
     """INSERT ... ON CONFLICT (id) DO NOTHING, so a batch sent twice is stored once. Each
-    dialect's module is imported only on its database (SQLite never loads Postgres's). On
-    the table, not the mapped class: a Core executemany, without the ORM's bulk path."""
+    dialect's module is imported only on its database (SQLite never loads Postgres's)."""
     table = cast(Table, UsageRecord.__table__)
     if dialect == "postgresql":
         from sqlalchemy.dialects import postgresql
@@ -48,6 +48,56 @@ def _insert_skipping_stored_ids(dialect: str) -> Insert:
 
         return sqlite.insert(table).on_conflict_do_nothing(index_elements=["id"])
     return insert(table)
+
+
+# A record's columns and the value a journaled row written before a column existed gets.
+COLUMNS: dict[str, object] = {
+    "id": None,
+    "created_at": None,
+    "tenant_id": None,
+    "user_id": None,
+    "api_key_id": None,
+    "turn_id": None,
+    "source": "gateway",
+    "model": None,
+    "prompt_tokens": 0,
+    "completion_tokens": 0,
+    "cost_usd": 0.0,
+    "cached": False,
+}
+
+
+class BatchInsert:
+    """The batch insert compiled once into the driver's own SQL (both drivers the settings
+    allow are positional), with the column types' bind conversions picked once: a batch
+    goes to the driver's executemany as tuples.
+
+    Through a Core insert SQLAlchemy builds every row's parameters again on each call, in
+    the event loop's thread: a flush of 140 rows (half a second at 280 requests/s) held
+    the loop ~3.9 ms that way and ~2.9 ms this way, while streams were due their chunks."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        compiled = _insert_skipping_stored_ids(dialect.name).compile(
+            dialect=dialect, column_keys=list(COLUMNS)
+        )
+        self.sql = compiled.string
+        table = cast(Table, UsageRecord.__table__)
+        names = list(compiled.positiontup or ())
+        if sorted(names) != sorted(COLUMNS):
+            raise RuntimeError(f"the usage insert binds {names}, not the record's columns")
+        self._columns: list[tuple[str, object, Callable[[Any], Any] | None]] = [
+            (name, COLUMNS[name], table.c[name].type.bind_processor(dialect)) for name in names
+        ]
+
+    def parameters(self, rows: list[Row]) -> list[tuple[object, ...]]:
+        columns = self._columns
+        return [
+            tuple(
+                row.get(name, default) if convert is None else convert(row.get(name, default))
+                for name, default, convert in columns
+            )
+            for row in rows
+        ]
 
 
 class UsageRecorder:
@@ -68,7 +118,7 @@ class UsageRecorder:
         self._task: asyncio.Task[None] | None = None
         self._replay_task: asyncio.Task[None] | None = None
         self.dropped = 0
-        self._insert = _insert_skipping_stored_ids(db.engine.dialect.name)
+        self._insert = BatchInsert(db.engine.dialect)
 
     def start(self) -> None:
         if self._task is None:
@@ -161,8 +211,10 @@ class UsageRecorder:
 
     async def _store(self, rows: list[Row]) -> None:
         """One batch in one transaction; ids already stored are skipped."""
+        parameters = self._insert.parameters(rows)
         async with self.db.session() as session:
-            await session.execute(self._insert, rows)
+            connection = await session.connection()
+            await connection.exec_driver_sql(self._insert.sql, parameters)
             await session.commit()
 
     def _drop(self, records: int) -> None:
