@@ -446,9 +446,10 @@ def adds(role: str) -> Callable[[ORMExecuteState], bool]:
         statement = state.statement
         if not state.is_insert or not isinstance(statement, Insert):
             return False
-        return statement.table.name == Message.__tablename__ and (
-            statement.compile().params.get("role") == role
-        )
+        if statement.table.name != Message.__tablename__:
+            return False
+        given = state.parameters if isinstance(state.parameters, dict) else {}
+        return given.get("role", statement.compile().params.get("role")) == role
 
     return inserts_message
 

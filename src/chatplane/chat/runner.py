@@ -9,12 +9,11 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from sqlalchemy import insert
 from sqlalchemy.exc import IntegrityError
 
 from chatplane.broker.protocol import Broker, Job, JobLost
 from chatplane.chat.models import Message, Turn
-from chatplane.chat.repository import TurnRepository, row_of
+from chatplane.chat.repository import TurnRepository, insert_usage
 from chatplane.db.base import new_id, utcnow
 from chatplane.db.engine import Database
 from chatplane.errors import (
@@ -536,9 +535,7 @@ class TurnRunner:
                         }
                     )
                 if usage is not None:
-                    await session.execute(
-                        insert(UsageRecord).values({**row_of(usage), "created_at": now})
-                    )
+                    await insert_usage(session, usage, now)
                 await repo.touch_conversation(turn.conversation_id, now)
                 await session.commit()
             except IntegrityError:

@@ -9,14 +9,21 @@ from dataclasses import dataclass
 
 import orjson
 import structlog
-from sqlalchemy import insert, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from chatplane.auth.principal import Principal
 from chatplane.broker.protocol import Broker
 from chatplane.chat.models import Conversation, Message, Turn
-from chatplane.chat.repository import ChatRepository, insert_message, messages_of, row_of
+from chatplane.chat.repository import (
+    INSERT_CONVERSATION,
+    INSERT_TURN,
+    ChatRepository,
+    insert_message,
+    messages_of,
+    row_of,
+    update_conversation,
+)
 from chatplane.chat.runner import fit_context
 from chatplane.db.base import new_id, utcnow
 from chatplane.db.cursors import decode_cursor, encode_cursor
@@ -127,7 +134,7 @@ class ChatService:
             updated_at=now,
         )
         async with self.db.session() as session:
-            await session.execute(insert(Conversation).values(row_of(conversation)))
+            await session.execute(INSERT_CONVERSATION, row_of(conversation))
             await session.commit()
         return conversation
 
@@ -245,9 +252,7 @@ class ChatService:
                     "content": content,
                     "created_at": now,
                 }
-                seq = (
-                    await session.execute(insert_message(message).returning(Message.seq))
-                ).scalar_one()
+                seq = await insert_message(session, message)
                 turn = Turn(
                     id=turn_id,
                     conversation_id=conversation_id,
@@ -266,16 +271,11 @@ class ChatService:
                         list(admission.reservation.keys) if admission.reservation else None
                     ),
                 )
-                await session.execute(insert(Turn).values(row_of(turn)))
+                await session.execute(INSERT_TURN, row_of(turn))
                 changes: dict[str, object] = {"updated_at": now}
                 if seq == 1 and conversation.title == DEFAULT_TITLE:
                     changes["title"] = title_from(content)
-                await session.execute(
-                    update(Conversation)
-                    .where(Conversation.id == conversation_id)
-                    .values(changes)
-                    .execution_options(synchronize_session=False)
-                )
+                await update_conversation(session, conversation_id, changes)
                 await self._commit_turn(session, turn_id)
             except IntegrityError:
                 await admission.finish(0.0)
