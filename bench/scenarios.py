@@ -44,6 +44,7 @@ from bench.loadgen import RequestFn, Sample, client_session, run_load
 from bench.observability import OBSERVABILITY, measure_observability
 from bench.procs import ManagedProcess, SystemCpu, free_port, system_cpu
 from bench.profile import Profiler
+from bench.raw import start_raw
 from bench.scaled import scaled_shape
 from bench.server import IDLE_SETTLE_S, ChatplaneServer, ServerConfig, StartupStats
 from bench.sse_idle import measure_idle_streams
@@ -65,6 +66,9 @@ ALL_SCENARIOS = (*SCENARIOS, NATIVE_SCALED, SSE_IDLE, LIMITS, OBSERVABILITY, KNO
 MOCK_MODEL = "mock"
 V1_ROUTE = "/v1/chat/completions"
 FLOOR_RUN = "bare-asgi"
+SOCKET_FLOOR_RUN = "socket"
+# Starts a floor server: (workdir, chunks=, ttft_ms=, chunk_delay_ms=) -> (process, /v1 URL).
+StartFloor = Callable[..., Awaitable[tuple[ManagedProcess, str]]]
 KIB_PER_MB = 1024
 # A run is saturated when every CPU of the machine, or one server process's single core,
 # was busy at least this share of the time.
@@ -313,24 +317,36 @@ async def run_v1_mock(env: BenchEnvironment, options: BenchOptions) -> dict[str,
             run, options.ttft_ms, "server_first_byte_ms"
         )
     if options.floor:
-        floor = await _measure_floor(env, options)
-        result["runs"][FLOOR_RUN] = floor
-        result["over_floor"] = {
-            "cpu_ms_per_request": _difference(
-                run["cpu_ms_per_request"]["chatplane"], floor["cpu_ms_per_request"]["bare"]
-            ),
-            **{
-                f"{metric}_{p}": round(run[metric][p] - floor[metric][p], 3)
-                for metric in ("ttft_ms", "total_ms")
-                for p in ("p50", "p99")
-            },
-        }
+        for name, start, key, process_name in (
+            (FLOOR_RUN, start_bare, "over_floor", "bare"),
+            (SOCKET_FLOOR_RUN, start_raw, "over_socket_floor", "raw"),
+        ):
+            floor = await _measure_floor(env, options, name, start, process_name)
+            result["runs"][name] = floor
+            result[key] = {
+                "cpu_ms_per_request": _difference(
+                    run["cpu_ms_per_request"]["chatplane"],
+                    floor["cpu_ms_per_request"][process_name],
+                ),
+                **{
+                    f"{metric}_{p}": round(run[metric][p] - floor[metric][p], 3)
+                    for metric in ("ttft_ms", "total_ms")
+                    for p in ("p50", "p99")
+                },
+            }
     return result
 
 
-async def _measure_floor(env: BenchEnvironment, options: BenchOptions) -> dict[str, Any]:
-    """The same stream from a bare ASGI app on the same uvicorn: the machine's floor."""
-    process, base_url = await start_bare(
+async def _measure_floor(
+    env: BenchEnvironment,
+    options: BenchOptions,
+    name: str,
+    start: StartFloor,
+    process_name: str,
+) -> dict[str, Any]:
+    """The same stream from a floor server: a bare ASGI app on the same uvicorn (what
+    uvicorn needs), or a plain asyncio protocol (what the client and the machine need)."""
+    process, base_url = await start(
         env.workdir,
         chunks=options.chunks,
         ttft_ms=options.ttft_ms,
@@ -340,7 +356,7 @@ async def _measure_floor(env: BenchEnvironment, options: BenchOptions) -> dict[s
         client = ChatCompletionStream(
             base_url, model=MOCK_MODEL, api_key=None, expected_chunks=options.chunks
         )
-        return await measure(V1_MOCK, FLOOR_RUN, client, options, {"bare": process})
+        return await measure(V1_MOCK, name, client, options, {process_name: process})
     finally:
         await process.stop()
 

@@ -68,7 +68,11 @@ async def test_every_scenario_runs_without_errors(tmp_path: Path) -> None:
             assert run["requests_ok"] == options.requests
             assert run["chunks_per_request"] == options.chunks
         assert _written(tmp_path, scenario)["scenario"] == scenario
-    assert set(results["v1-mock"]["runs"]) == {"chatplane", "bare-asgi"}
+    assert set(results["v1-mock"]["runs"]) == {"chatplane", "bare-asgi", "socket"}
+    # The target is judged against the socket floor, as the passthrough's against the direct.
+    over_socket = results["v1-mock"]["over_socket_floor"]
+    added = [t for t in results["v1-mock"]["targets"] if t["name"] == "added_ttft_p99_ms"]
+    assert [t["measured"] for t in added] == [over_socket["ttft_ms_p99"]]
     assert set(results["v1-passthrough"]["runs"]) == {"direct", "through"}
     assert "ttft_ms_p99" in results["v1-passthrough"]["added_latency_ms"]
     # CPU comes from /proc in clock ticks (10 ms): ten tiny requests may well read 0.
