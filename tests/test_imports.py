@@ -24,8 +24,16 @@ SCALED_OR_UPSTREAM_ONLY = ("redis", "aiohttp", "aiohttp.web", "sqlalchemy.dialec
 # Never in the server process: the command line (`serve` hands the process over to
 # `chatplane.process`), uvicorn's file watcher for `--reload` (installed by `uvicorn[standard]`,
 # loaded by `import uvicorn` whenever it is there), AES-GCM (loaded when an upstream key
-# stored in the database is first sealed or opened).
-NEVER_IN_THE_SERVER = ("typer", "watchfiles", "cryptography.hazmat.primitives.ciphers.aead")
+# stored in the database is first sealed or opened), Rich and the attrs it looks for
+# (structlog imports Rich whenever it is installed; the process keeps it out). Pygments, which
+# Rich would bring too, is not checked: this script's own httpx imports it.
+NEVER_IN_THE_SERVER = (
+    "typer",
+    "watchfiles",
+    "cryptography.hazmat.primitives.ciphers.aead",
+    "rich",
+    "attr",
+)
 
 # The serve path: the server process's module, the server with its loop and parser, the app
 # built for the settings, its start-up (every service), then the first requests of each kind:
@@ -35,6 +43,9 @@ SERVE_PATH = """
 import asyncio, json, sys
 
 import chatplane.process
+
+chatplane.process.keep_rich_out()  # first, as the process's `main` does
+
 import httptools
 import uvicorn
 import uvloop
@@ -89,7 +100,8 @@ async def main(run_turns: bool) -> dict[str, object]:
 
 
 statuses = uvloop.run(main(run_turns=sys.argv[1] == "embedded"))
-print(json.dumps({"statuses": statuses, "modules": sorted(sys.modules)}))
+loaded = sorted(name for name, module in sys.modules.items() if module is not None)
+print(json.dumps({"statuses": statuses, "modules": loaded}))
 """
 
 
