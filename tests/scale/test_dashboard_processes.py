@@ -85,11 +85,13 @@ async def test_one_api_process_sees_the_whole_deployment(
         # api-1 counted at most its own dashboard calls: the rest came from api-2.
         from_elsewhere = totals["requests"] - was["requests"] - (board.calls - calls_before)
         completed = totals["turns"].get("completed", 0) - was["turns"].get("completed", 0)
-        done = from_elsewhere >= REQUESTS + 2 and completed >= 1
+        # The message was posted to api-2 only: it is in the sums once api-2's numbers are
+        # (other processes' requests, counted in their own time, can fill the count first).
+        posted = totals["messages"] - was["messages"]
+        done = from_elsewhere >= REQUESTS + 2 and completed >= 1 and posted >= 1
         return body if done else None
 
     after = await eventually(counted, timeout_s=20, what="api-2's traffic and the worker's turn")
-    assert after["totals"]["messages"] >= was["messages"] + 1  # posted to api-2 only
     assert tile(after, "requests_per_s") > 0
     assert tile(after, "turns_per_min") > 0
     assert tile(after, "first_token_p95_s") > 0  # the worker's first token
