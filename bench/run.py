@@ -185,7 +185,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--no-floor",
         action="store_true",
-        help="skip v1-mock's bare-ASGI floor run (the same stream without chatplane)",
+        help="skip v1-mock's floor runs (bare ASGI and socket: the same stream without chatplane)",
     )
     parser.add_argument(
         "--raw-samples",
