@@ -18,7 +18,9 @@ from chatplane.db import migrate
 from chatplane.db.base import new_id
 from chatplane.db.engine import Database, create_engine
 from chatplane.usage.journal import (
+    ClaimedBatch,
     FileUsageJournal,
+    JournalUnavailable,
     RedisUsageJournal,
     UsageJournal,
     create_usage_journal,
@@ -180,6 +182,38 @@ async def test_a_batch_journaled_before_a_column_existed_is_stored_with_its_defa
     assert record.cost_usd == pytest.approx(0.00012345)
     assert record.created_at == created_at
     assert (record.source, record.cached) == ("gateway", False)
+
+
+class LosesItsCancellation(FileUsageJournal):
+    """A journal whose claim, cancelled, fails as unavailable instead: how a cancellation
+    that arrives as a refused connection attempt fails can surface on Python 3.11."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.claiming = asyncio.Event()
+
+    async def claim(self) -> ClaimedBatch | None:
+        self.claiming.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            raise JournalUnavailable("connection refused") from None
+        return None
+
+
+async def test_a_stop_ends_the_loops_even_when_a_cancellation_is_lost_on_the_way(
+    database: Database, tmp_path: Path
+) -> None:
+    journal = LosesItsCancellation(tmp_path / "usage-journal")
+    recorder = UsageRecorder(database, journal)
+    recorder.start()
+    await journal.claiming.wait()  # the replay loop is in its claim
+    record(recorder, new_id(), 2)
+
+    async with asyncio.timeout(5):  # not the replay loop's 30 s wait
+        await recorder.close()
+    assert recorder.pending == 0
+    assert recorder.dropped == 0
 
 
 async def test_a_replay_while_the_database_is_down_keeps_the_journal(

@@ -100,6 +100,17 @@ class BatchInsert:
         ]
 
 
+def _stop_if_cancelled() -> None:
+    """End a loop whose task was cancelled even if the cancellation was lost on the way: on
+    Python 3.11 a cancellation that arrives as a connection attempt fails (the database
+    refusing connections during a stop) can surface as that failure instead, which the
+    loop handles and goes on, and `close` waited for it until its time ran out, with the
+    records still pending and not journaled."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class UsageRecorder:
     def __init__(
         self,
@@ -182,6 +193,7 @@ class UsageRecorder:
                     await self._spill_pending()
                 except JournalUnavailable as exc:
                     log.warning("usage_spill_failed", error=str(exc), pending=len(self._pending))
+            _stop_if_cancelled()
 
     async def flush(self) -> None:
         """Write everything pending (at shutdown, and for tests)."""
@@ -243,6 +255,7 @@ class UsageRecorder:
                 log.warning("usage_replay_failed", error=str(exc))
             except Exception:  # a batch the database refuses must not stop later replays
                 log.exception("usage_replay_failed")
+            _stop_if_cancelled()
             await asyncio.sleep(self.replay_interval_s)
 
     async def replay(self) -> int:
