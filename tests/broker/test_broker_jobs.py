@@ -73,11 +73,14 @@ async def test_unacked_job_is_redelivered_with_the_next_attempt(broker: AnyBroke
     assert (third.id, third.attempt) == (job_id, 3)
 
 
-async def test_heartbeat_keeps_a_job_from_redelivery(broker: AnyBroker) -> None:
+async def test_heartbeat_keeps_a_job_from_redelivery(make_broker: BrokerFactory) -> None:
+    # A visibility timeout of a second: a test process paused for 0.3 s (a busy machine)
+    # lost the job between two heartbeats with the default.
+    broker = await make_broker(visibility_timeout_s=1.0)
     await broker.enqueue("turn", {"n": 1})
     job = await claim_soon(broker, "w1")
 
-    rival = asyncio.create_task(broker.claim("w2", timeout_s=1.2))  # 4 visibility timeouts
+    rival = asyncio.create_task(broker.claim("w2", timeout_s=3.0))  # 3 visibility timeouts
     while not rival.done():
         await broker.heartbeat(job)
         await asyncio.sleep(0.05)
