@@ -11,16 +11,14 @@ It runs as its own process: `python -m bench.bare --port N ...`.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import sys
 from pathlib import Path
 
 from starlette.types import Receive, Scope, Send
 
 from bench.loadgen import LOOPBACK_HOST
 from bench.procs import ManagedProcess, child_env, free_port
-from bench.upstream import FakeUpstream
+from bench.upstream import FakeUpstream, stream_argv, stream_options
 
 READY_DEADLINE_S = 20.0
 SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
@@ -71,10 +69,19 @@ async def start_bare(
     workdir: Path, *, chunks: int, ttft_ms: float, chunk_delay_ms: float
 ) -> tuple[ManagedProcess, str]:
     """Start the bare app as a child process; returns it and its `/v1` base URL."""
+    return await start_floor(
+        "bench.bare", workdir, chunks=chunks, ttft_ms=ttft_ms, chunk_delay_ms=chunk_delay_ms
+    )
+
+
+async def start_floor(
+    module: str, workdir: Path, *, chunks: int, ttft_ms: float, chunk_delay_ms: float
+) -> tuple[ManagedProcess, str]:
+    """Start a floor server module (`bench.bare`, `bench.raw`) as a child process named
+    after it; returns it and its `/v1` base URL once it answers."""
     port = free_port()
-    argv = [sys.executable, "-m", "bench.bare", "--port", str(port), "--chunks", str(chunks)]
-    argv += ["--ttft-ms", str(ttft_ms), "--chunk-delay-ms", str(chunk_delay_ms)]
-    process = ManagedProcess("bare", argv, env=child_env({}), cwd=workdir)
+    argv = stream_argv(module, port, chunks=chunks, ttft_ms=ttft_ms, chunk_delay_ms=chunk_delay_ms)
+    process = ManagedProcess(module.rsplit(".", 1)[-1], argv, env=child_env({}), cwd=workdir)
     await process.start()
     base_url = f"http://{LOOPBACK_HOST}:{port}"
     try:
@@ -89,19 +96,11 @@ async def start_bare(
 def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
-    parser = argparse.ArgumentParser(description="A bare ASGI app streaming mock chunks.")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--chunks", type=int, default=20)
-    parser.add_argument("--ttft-ms", type=float, default=0.0)
-    parser.add_argument("--chunk-delay-ms", type=float, default=0.0)
-    args = parser.parse_args(argv)
-    chunks = FakeUpstream(
-        chunks=args.chunks, ttft_ms=args.ttft_ms, chunk_delay_ms=args.chunk_delay_ms
-    )
+    port, chunks = stream_options("A bare ASGI app streaming mock chunks.", argv)
     uvicorn.run(
         _Routes(BareStream(chunks)),
         host=LOOPBACK_HOST,
-        port=args.port,
+        port=port,
         loop="uvloop",
         http="httptools",
         access_log=False,

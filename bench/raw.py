@@ -12,17 +12,15 @@ It runs as its own process: `python -m bench.raw --port N ...`.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import sys
 from pathlib import Path
 from typing import cast
 
+from bench.bare import start_floor
 from bench.loadgen import LOOPBACK_HOST
-from bench.procs import ManagedProcess, child_env, free_port
-from bench.upstream import DONE, FakeUpstream
+from bench.procs import ManagedProcess
+from bench.upstream import DONE, FakeUpstream, stream_options
 
-READY_DEADLINE_S = 20.0
 HEAD = (
     b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
     b"transfer-encoding: chunked\r\n\r\n"
@@ -115,18 +113,9 @@ async def start_raw(
     workdir: Path, *, chunks: int, ttft_ms: float, chunk_delay_ms: float
 ) -> tuple[ManagedProcess, str]:
     """Start the socket floor as a child process; returns it and its `/v1` base URL."""
-    port = free_port()
-    argv = [sys.executable, "-m", "bench.raw", "--port", str(port), "--chunks", str(chunks)]
-    argv += ["--ttft-ms", str(ttft_ms), "--chunk-delay-ms", str(chunk_delay_ms)]
-    process = ManagedProcess("raw", argv, env=child_env({}), cwd=workdir)
-    await process.start()
-    base_url = f"http://{LOOPBACK_HOST}:{port}"
-    try:
-        await process.wait_ready(base_url + "/", deadline_s=READY_DEADLINE_S, status=404)
-    except BaseException:
-        await process.stop()
-        raise
-    return process, base_url + "/v1"
+    return await start_floor(
+        "bench.raw", workdir, chunks=chunks, ttft_ms=ttft_ms, chunk_delay_ms=chunk_delay_ms
+    )
 
 
 async def serve(port: int, frames: Frames) -> None:
@@ -139,16 +128,8 @@ async def serve(port: int, frames: Frames) -> None:
 def main(argv: list[str] | None = None) -> None:
     import uvloop
 
-    parser = argparse.ArgumentParser(description="A plain asyncio server streaming mock chunks.")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--chunks", type=int, default=20)
-    parser.add_argument("--ttft-ms", type=float, default=0.0)
-    parser.add_argument("--chunk-delay-ms", type=float, default=0.0)
-    args = parser.parse_args(argv)
-    chunks = FakeUpstream(
-        chunks=args.chunks, ttft_ms=args.ttft_ms, chunk_delay_ms=args.chunk_delay_ms
-    )
-    uvloop.run(serve(args.port, Frames(chunks)))
+    port, chunks = stream_options("A plain asyncio server streaming mock chunks.", argv)
+    uvloop.run(serve(port, Frames(chunks)))
 
 
 if __name__ == "__main__":

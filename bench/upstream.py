@@ -100,6 +100,29 @@ class FakeUpstream:
         return web.Response(body=orjson.dumps(payload), content_type="application/json")
 
 
+def stream_argv(
+    module: str, port: int, *, chunks: int, ttft_ms: float, chunk_delay_ms: float
+) -> list[str]:
+    """The command line of a stream server module (this one or a floor) with the run's pacing."""
+    argv = [sys.executable, "-m", module, "--port", str(port), "--chunks", str(chunks)]
+    return [*argv, "--ttft-ms", str(ttft_ms), "--chunk-delay-ms", str(chunk_delay_ms)]
+
+
+def stream_options(description: str, argv: list[str] | None) -> tuple[int, FakeUpstream]:
+    """A stream server module's own command line (what `stream_argv` writes): its port and
+    the chunks it sends."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--chunks", type=int, default=20)
+    parser.add_argument("--ttft-ms", type=float, default=0.0)
+    parser.add_argument("--chunk-delay-ms", type=float, default=0.0)
+    args = parser.parse_args(argv)
+    chunks = FakeUpstream(
+        chunks=args.chunks, ttft_ms=args.ttft_ms, chunk_delay_ms=args.chunk_delay_ms
+    )
+    return args.port, chunks
+
+
 def upstream_url(port: int) -> str:
     return f"http://{LOOPBACK_HOST}:{port}/v1"
 
@@ -110,8 +133,9 @@ async def start_upstream(
     """Start the fake upstream as a child process on `port`, wait until it answers. It
     stands for the model vendor, outside the system under test: when the bench pins CPUs
     it runs beside the load generator."""
-    argv = [sys.executable, "-m", "bench.upstream", "--port", str(port), "--chunks", str(chunks)]
-    argv += ["--ttft-ms", str(ttft_ms), "--chunk-delay-ms", str(chunk_delay_ms)]
+    argv = stream_argv(
+        "bench.upstream", port, chunks=chunks, ttft_ms=ttft_ms, chunk_delay_ms=chunk_delay_ms
+    )
     env = child_env({})
     process = ManagedProcess("upstream", argv, env=env, cwd=workdir, under_test=False)
     await process.start()
@@ -124,18 +148,10 @@ async def start_upstream(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="A fake OpenAI-compatible streaming upstream.")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--chunks", type=int, default=20)
-    parser.add_argument("--ttft-ms", type=float, default=0.0)
-    parser.add_argument("--chunk-delay-ms", type=float, default=0.0)
-    args = parser.parse_args(argv)
-    upstream = FakeUpstream(
-        chunks=args.chunks, ttft_ms=args.ttft_ms, chunk_delay_ms=args.chunk_delay_ms
-    )
+    port, upstream = stream_options("A fake OpenAI-compatible streaming upstream.", argv)
     loop = _new_loop()
     web.run_app(
-        upstream.app(), host=LOOPBACK_HOST, port=args.port, access_log=None, print=None, loop=loop
+        upstream.app(), host=LOOPBACK_HOST, port=port, access_log=None, print=None, loop=loop
     )
 
 
